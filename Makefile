@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+BUNDLE := artifacts/demo_bundle
+REPOSITORY := model_repository
+MODEL := $(REPOSITORY)/multimodal_model/1/model.pt
+PYTEST_ARGS ?=
+
+.PHONY: setup bundle build demo serve test test-unit test-integration clean
+
+setup: $(STAMP)
+
+# One resolve of exact pins (numpy<2 for the Triton stubs, the CPU torch wheel), then the project itself.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+bundle: $(BUNDLE)/manifest.json
+$(BUNDLE)/manifest.json: $(STAMP)
+	$(BIN)/tce demo-bundle --out $(BUNDLE)
+
+build: $(MODEL)
+$(MODEL): $(BUNDLE)/manifest.json
+	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
+
+demo: build
+	$(BIN)/tce demo --repository $(REPOSITORY)
+
+serve: build
+	$(BIN)/tce serve --repository $(REPOSITORY)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf artifacts && git clean -fdXq -- $(REPOSITORY)

@@ -1,0 +1,11 @@
+"""Client SDK for the calibrated multimodal ensemble on Triton."""
+from .client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedClassifierClient
+from .errors import ClientError, InferenceError, ModelNotReadyError, RecordError, ServerUnavailableError
+from .results import Prediction, TaskResult, predictions_to_frame
+from .schema import EnsembleSchema
+
+__all__ = [
+    "DEFAULT_MODEL", "AsyncCalibratedClassifierClient", "CalibratedClassifierClient", "ClientError",
+    "EnsembleSchema", "InferenceError", "ModelNotReadyError", "Prediction", "RecordError",
+    "ServerUnavailableError", "TaskResult", "predictions_to_frame",
+]

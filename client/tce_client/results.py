@@ -1,0 +1,50 @@
+"""Typed results: one ``Prediction`` per record, one ``TaskResult`` per task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: str
+    classes: tuple[str, ...]
+    raw: np.ndarray          # float32 [classes]
+    calibrated: np.ndarray   # float32 [classes]
+    label: str               # class name, argmax of raw (seed 000)
+    calibration_fallback: bool
+
+    @property
+    def raw_score(self) -> float:
+        """Binary tasks: class-1 probability (the seed's ``legacy-score``)."""
+        return float(self.raw[-1])
+
+    @property
+    def calibrated_score(self) -> float:
+        return float(self.calibrated[-1])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tasks: dict[str, TaskResult]
+    calibration_version: str
+
+    def __getitem__(self, task: str) -> TaskResult:
+        return self.tasks[task]
+
+
+def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
+    """Wide table: ``<task>_prob_class_<i>``, ``<task>_calibrated_prob_class_<i>``,
+    ``<task>_label`` per task, plus the calibration version."""
+    columns: dict[str, list] = {}
+    for prediction in predictions:
+        for name, result in prediction.tasks.items():
+            for i in range(len(result.classes)):
+                columns.setdefault(f"{name}_prob_class_{i}", []).append(float(result.raw[i]))
+                columns.setdefault(f"{name}_calibrated_prob_class_{i}", []).append(float(result.calibrated[i]))
+            columns.setdefault(f"{name}_label", []).append(result.label)
+            columns.setdefault(f"{name}_calibration_fallback", []).append(result.calibration_fallback)
+        columns.setdefault("calibration_version", []).append(prediction.calibration_version)
+    return pd.DataFrame(columns)

@@ -1,0 +1,119 @@
+"""What a caller needs to know about a served ensemble, and turning plain records
+into its input tensors. The server publishes this schema in the ensemble config's
+``parameters``; nothing else is needed on the client side."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from .errors import RecordError
+
+Records = Union[pd.DataFrame, Sequence[Mapping[str, Any]], Mapping[str, Any]]
+
+NUMERIC_INPUT = "numeric_features"
+CATEGORICAL_INPUT = "categorical_features"
+SCHEMA_PARAMETER = "tce_schema"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    kind: str
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnsembleSchema:
+    text_fields: tuple[str, ...]
+    numeric_features: tuple[str, ...]
+    categorical_features: tuple[str, ...]
+    feature_order: tuple[str, ...]
+    tasks: tuple[TaskInfo, ...]
+
+    @classmethod
+    def from_json(cls, text: str) -> "EnsembleSchema":
+        data = json.loads(text)
+        return cls(
+            text_fields=tuple(data["text_fields"]),
+            numeric_features=tuple(data["numeric_features"]),
+            categorical_features=tuple(data["categorical_features"]),
+            feature_order=tuple(data["feature_order"]),
+            tasks=tuple(TaskInfo(t["name"], t["kind"], tuple(t["classes"])) for t in data["tasks"]),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "text_fields": list(self.text_fields),
+            "numeric_features": list(self.numeric_features),
+            "categorical_features": list(self.categorical_features),
+            "feature_order": list(self.feature_order),
+            "tasks": [{"name": t.name, "kind": t.kind, "classes": list(t.classes)} for t in self.tasks],
+        }, separators=(",", ":"))
+
+    def encode(self, records: Records) -> dict[str, np.ndarray]:
+        """Records (dicts or a DataFrame) -> the ensemble's input arrays.
+
+        Missing text is "", missing numerics (None, NaN, absent) are NaN and get
+        the bundle's imputation value, missing categoricals are "" and get the
+        risk table's default bin. Unknown keys are ignored.
+        """
+        frame = _as_frame(records)
+        rows = len(frame)
+        inputs: dict[str, np.ndarray] = {}
+        for field in self.text_fields:
+            inputs[field] = _strings(frame, field, rows, text=True)[:, None]
+        if self.numeric_features:
+            inputs[NUMERIC_INPUT] = np.stack([_numbers(frame, f, rows) for f in self.numeric_features], axis=1)
+        if self.categorical_features:
+            inputs[CATEGORICAL_INPUT] = np.stack(
+                [_strings(frame, f, rows, text=False) for f in self.categorical_features], axis=1)
+        return inputs
+
+
+def _as_frame(records: Records) -> pd.DataFrame:
+    if isinstance(records, pd.DataFrame):
+        return records.reset_index(drop=True)
+    if isinstance(records, Mapping):
+        records = [records]
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise RecordError(None, "records", "expected a DataFrame, a dict or a list of dicts")
+    for index, record in enumerate(records):
+        if not isinstance(record, Mapping):
+            raise RecordError(index, "record", f"expected a dict, got {type(record).__name__}")
+    return pd.DataFrame.from_records(list(records))
+
+
+def _numbers(frame: pd.DataFrame, field: str, rows: int) -> np.ndarray:
+    if field not in frame:
+        return np.full(rows, np.nan)
+    column = frame[field]
+    try:
+        values = pd.to_numeric(column, errors="raise")
+    except (ValueError, TypeError):
+        bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
+        index = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
+        value = column.iloc[index] if index is not None else None
+        raise RecordError(index, field, f"expected a number or null, got {value!r}") from None
+    values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
+        index = int(np.flatnonzero(np.isinf(values))[0])
+        raise RecordError(index, field, "infinite values are not allowed; use null for a missing value")
+    return values
+
+
+def _strings(frame: pd.DataFrame, field: str, rows: int, text: bool) -> np.ndarray:
+    if field not in frame:
+        return np.full(rows, b"", dtype=np.object_)
+    column = frame[field].astype(object)
+    column = column.where(column.notna(), "")
+    if text:
+        not_text = ~column.map(lambda v: isinstance(v, (str, bytes))).to_numpy(dtype=bool)
+        if not_text.any():
+            index = int(np.flatnonzero(not_text)[0])
+            raise RecordError(index, field, f"expected text, got {type(column.iloc[index]).__name__}")
+    encoded = column.map(lambda v: v if isinstance(v, bytes) else str(v).encode("utf-8"))
+    return encoded.to_numpy(dtype=np.object_)

@@ -1,0 +1,152 @@
+"""The bundle: one deployable model as a directory of safe files.
+
+    manifest.json          name, model kind, text fields, features, tasks
+    model.pt               TorchScript multimodal model
+    text/                  text.json (fields, steps, windows) + tokenizer.json
+    tabular/               tabular.json (feature order, imputation, risk tables)
+    calibration/           calibration.json + one .npy lookup table per class
+
+JSON, NumPy (``allow_pickle=False``) and TorchScript only: nothing here unpickles.
+``Bundle.load`` validates every part and their agreement, naming what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from .calibration import Calibrator
+from .errors import BundleError
+from .features import FeatureLayout
+from .tabular import TabularPreprocessor
+from .tasks import TaskSpec, validate_tasks
+from .text import TextPreprocessor
+from .contract import RESERVED_NAMES
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.pt"
+TEXT_DIR, TABULAR_DIR, CALIBRATION_DIR = "text", "tabular", "calibration"
+ModelKind = Literal["bimodal", "trimodal"]
+TEXT_FIELDS_PER_KIND = {"bimodal": 1, "trimodal": 2}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    model_kind: ModelKind
+    text_fields: tuple[str, ...]
+    features: FeatureLayout
+    tasks: tuple[TaskSpec, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model_kind not in TEXT_FIELDS_PER_KIND:
+            raise BundleError("manifest", f"model_kind must be one of {list(TEXT_FIELDS_PER_KIND)}, "
+                                          f"got {self.model_kind!r}")
+        expected = TEXT_FIELDS_PER_KIND[self.model_kind]
+        if len(self.text_fields) != expected:
+            raise BundleError("manifest", f"a {self.model_kind} model has {expected} text field(s), "
+                                          f"got {list(self.text_fields)}")
+        validate_tasks(self.tasks)
+        names = [*self.text_fields, *self.features.names, *(t.name for t in self.tasks)]
+        clashes = sorted({n for n in names if names.count(n) > 1} | (set(self.text_fields) & RESERVED_NAMES))
+        if clashes:
+            raise BundleError("manifest", f"names used twice or reserved: {clashes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "model_kind": self.model_kind,
+            "text_fields": list(self.text_fields),
+            "features": self.features.to_dict(),
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        try:
+            version = data.get("format_version")
+            if version != FORMAT_VERSION:
+                raise BundleError("manifest", f"format_version {version!r} is not supported "
+                                              f"(expected {FORMAT_VERSION})")
+            return cls(
+                name=str(data["name"]),
+                model_kind=data["model_kind"],
+                text_fields=tuple(data["text_fields"]),
+                features=FeatureLayout.from_dict(data["features"]),
+                tasks=tuple(TaskSpec.from_dict(t) for t in data["tasks"]),
+                description=str(data.get("description", "")),
+            )
+        except KeyError as missing:
+            raise BundleError("manifest", f"missing key {missing}") from None
+        except TypeError as exc:
+            raise BundleError("manifest", f"malformed: {exc}") from None
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST_FILE).write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> "Manifest":
+        path = Path(directory) / MANIFEST_FILE
+        if not path.is_file():
+            raise BundleError("manifest", f"missing {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BundleError("manifest", f"{path} is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: Manifest
+    text: TextPreprocessor
+    tabular: TabularPreprocessor
+    calibrator: Calibrator
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @classmethod
+    def load(cls, root: Path | str) -> "Bundle":
+        root = Path(root)
+        if not root.is_dir():
+            raise BundleError("bundle", f"{root} is not a directory")
+        manifest = Manifest.load(root)
+        if not (root / MODEL_FILE).is_file():
+            raise BundleError("model", f"missing {root / MODEL_FILE}")
+        text = TextPreprocessor.load(root / TEXT_DIR)
+        tabular = TabularPreprocessor.load(root / TABULAR_DIR)
+        calibrator = Calibrator.load(root / CALIBRATION_DIR, manifest.tasks, strict=True)
+        text_names = tuple(f.name for f in text.fields)
+        if text_names != manifest.text_fields:
+            raise BundleError("text", f"fields {list(text_names)} do not match the manifest's "
+                                      f"{list(manifest.text_fields)}")
+        if tabular.layout != manifest.features:
+            raise BundleError("tabular", f"feature order {list(tabular.layout.names)} does not match the "
+                                         f"manifest's {list(manifest.features.names)}")
+        return cls(root, manifest, text, tabular, calibrator)
+
+    @classmethod
+    def write(cls, root: Path | str, manifest: Manifest, model_file: Path, text: TextPreprocessor,
+              tabular: TabularPreprocessor, calibrator: Calibrator) -> "Bundle":
+        """Write every part, then load it back (so a written bundle is a valid one)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        manifest.save(root)
+        if Path(model_file).resolve() != (root / MODEL_FILE).resolve():
+            shutil.copyfile(model_file, root / MODEL_FILE)
+        text.save(root / TEXT_DIR)
+        tabular.save(root / TABULAR_DIR)
+        if (root / CALIBRATION_DIR).exists():
+            shutil.rmtree(root / CALIBRATION_DIR)
+        calibrator.save(root / CALIBRATION_DIR)
+        return cls.load(root)

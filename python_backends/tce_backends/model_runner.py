@@ -1,0 +1,30 @@
+"""Runs ``model.pt`` (TorchScript) on numpy batches: the only module that imports torch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class ModelRunner:
+    """Loads a TorchScript model once and runs it without autograd."""
+
+    def __init__(self, model_path: Path | str, device: str = "auto", num_threads: int | None = None) -> None:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = pick_device(device)
+        self.module = torch.jit.load(str(model_path), map_location=self.device).eval()
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        tensors = [torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for array in inputs]
+        with torch.inference_mode():
+            output = self.module(*tensors)
+        return output.float().cpu().numpy()

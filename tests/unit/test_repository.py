@@ -1,0 +1,89 @@
+"""The builder: checked-in configs equal what it writes; both model hosts agree."""
+from pathlib import Path
+
+import pytest
+
+from tce.repository import (LIBTORCH_CONFIG_NAME, MODEL_PY, RepositoryOptions, make_configs, model_py_source,
+                            write_repository)
+from tce.training import TrainingConfig, demo_manifest, demo_text_fields
+from tce_backends import contract
+from tests.conftest import REPO_ROOT
+
+CHECKED_IN = REPO_ROOT / "model_repository"
+
+
+def demo_configs():
+    config = TrainingConfig()
+    return make_configs(demo_manifest(config), demo_text_fields(config))
+
+
+def test_checked_in_configs_equal_the_builder_output():
+    for relative, text in demo_configs().files().items():
+        path = CHECKED_IN / relative
+        assert path.is_file(), f"{relative} is missing from model_repository/: run 'make build' and commit it"
+        assert path.read_text(encoding="utf-8") == text, f"{relative} drifted from the builder: rebuild it"
+
+
+def test_checked_in_model_py_files_are_the_thin_shells():
+    for step in MODEL_PY:
+        assert (CHECKED_IN / step / "1" / "model.py").read_text(encoding="utf-8") == model_py_source(step)
+
+
+def test_python_and_libtorch_hosts_agree_on_everything_but_the_host():
+    configs = demo_configs()
+    python, libtorch = configs.model_python, configs.model_libtorch
+    assert (python.inputs, python.outputs, python.max_batch_size, python.max_queue_delay_us) == \
+           (libtorch.inputs, libtorch.outputs, libtorch.max_batch_size, libtorch.max_queue_delay_us)
+    assert (python.backend, libtorch.backend) == ("python", "pytorch")
+    assert libtorch.instance_kind == "KIND_GPU" and libtorch.warmup
+    # libtorch maps tensors to forward() arguments by the __<index> suffix, in order.
+    indices = [int(t.name.rsplit("__", 1)[1]) for t in libtorch.inputs]
+    assert indices == list(range(len(indices)))
+    assert all("__" in t.name for t in libtorch.outputs)
+
+
+def test_ensemble_wires_every_input_and_output():
+    configs = demo_configs()
+    ensemble = configs.ensemble
+    produced = {name for step in ensemble.steps for _, name in step.output_map}
+    consumed = {name for step in ensemble.steps for _, name in step.input_map}
+    inputs = {t.name for t in ensemble.inputs}
+    outputs = {t.name for t in ensemble.outputs}
+    assert consumed <= produced | inputs, "a step reads a tensor nobody produces"
+    assert outputs <= produced
+    assert inputs <= consumed, "an ensemble input feeds no step"
+    assert {"abuse_raw", "abuse_calibrated", "reason_raw", "reason_calibrated"} <= outputs
+    assert all(step.model_name in MODEL_PY for step in ensemble.steps)
+    # every step config's inputs and outputs are exactly what the ensemble maps
+    by_name = {c.name: c for c in (configs.tokenizer, configs.tabular, configs.model_python, configs.calibrator)}
+    for step in ensemble.steps:
+        config = by_name[step.model_name]
+        assert {k for k, _ in step.input_map} == {t.name for t in config.inputs}
+        assert {k for k, _ in step.output_map} == {t.name for t in config.outputs}
+
+
+def test_dynamic_batching_on_every_step():
+    for relative, text in demo_configs().files().items():
+        if "ensemble" not in text:
+            assert "dynamic_batching" in text, relative
+        assert "max_batch_size: 64" in text, relative
+
+
+def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
+    out = write_repository(bimodal_bundle, tmp_path / "repo")
+    assert (out / contract.MULTIMODAL_MODEL / "1" / "model.pt").is_file()
+    assert (out / contract.MULTIMODAL_MODEL / "configs" / f"{LIBTORCH_CONFIG_NAME}.pbtxt").is_file()
+    assert (out / contract.TEXT_TOKENIZER / "1" / "text" / "tokenizer.json").is_file()
+    assert (out / contract.CALIBRATOR / "1" / "calibration" / "calibration.json").is_file()
+    assert (out / contract.DEFAULT_ENSEMBLE / "1").is_dir()
+    assert not list(out.rglob("*.pkl"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"ensemble_name": "calibrator"}, "names a step"),
+    ({"model_instances": 0}, "model_instances"),
+])
+def test_options_are_validated_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RepositoryOptions(**kwargs)
