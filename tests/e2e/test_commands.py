@@ -1,0 +1,87 @@
+"""The commands a user types, run as subprocesses."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tce.server import free_ports
+
+pytestmark = pytest.mark.e2e
+TCE = [sys.executable, "-m", "tce.cli"]
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*TCE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("e2e")
+    bundle, repository = root / "bundle", root / "repository"
+    made = run("demo-bundle", "--out", str(bundle), "--encoder", "minilm", "--rows", "400", "--epochs", "10")
+    assert made.returncode == 0, made.stderr
+    built = run("build", str(bundle), "--out", str(repository))
+    assert built.returncode == 0, built.stderr
+    return bundle, repository, made.stdout
+
+
+def test_demo_bundle_prints_raw_and_calibrated_metrics(built):
+    _, _, output = built
+    assert "AUROC" in output and "ECE" in output and "Brier" in output
+    for task in ("abuse", "reason"):
+        for scores in ("raw", "calibrated"):
+            assert re.search(rf"^{task}\s+{scores}\s+[0-9.]+\s+[0-9.]+", output, re.MULTILINE), output
+
+
+def test_demo_scores_over_http_and_grpc_and_stops(built):
+    _, repository, _ = built
+    result = run("demo", "--repository", str(repository), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "== HTTP" in result.stdout and "== GRPC" in result.stdout
+    assert "raw" in result.stdout and "cal" in result.stdout and " ms" in result.stdout
+    assert "server stopped." in result.stdout
+
+
+def test_serve_runs_until_sigterm_then_cleans_up(built):
+    _, repository, _ = built
+    http_port, grpc_port, metrics_port = free_ports()
+    process = subprocess.Popen([*TCE, "serve", "--repository", str(repository), "--http-port", str(http_port),
+                                "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if "Triton ready" in line or not line:
+                break
+        assert "Triton ready" in line, line
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert "Triton stopped." in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not list(Path("/dev/shm").glob(f"tce{process.pid}_*")), "shared memory left behind"
+
+
+def test_build_names_the_broken_bundle_part(built, tmp_path):
+    bundle, _, _ = built
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(bundle), str(broken)], check=True)
+    os.remove(broken / "tabular" / "tabular.json")
+    result = run("build", str(broken), "--out", str(tmp_path / "repo"))
+    assert result.returncode == 2
+    assert "bundle part 'tabular'" in result.stderr and "tabular.json" in result.stderr
+
+
+def test_serve_refuses_a_missing_repository(tmp_path):
+    result = run("serve", "--repository", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "does not exist" in result.stderr

@@ -1,0 +1,108 @@
+"""The served ensemble equals the in-process reference pipeline."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from tce.repository import schema_for
+from tce_backends import contract
+from tce_backends.reference import ReferencePipeline
+from tce_client import AsyncCalibratedClassifierClient, CalibratedClassifierClient
+
+pytestmark = pytest.mark.integration
+STEPS = (contract.TEXT_TOKENIZER, contract.TABULAR_PREPROCESSOR, contract.MULTIMODAL_MODEL, contract.CALIBRATOR,
+         contract.DEFAULT_ENSEMBLE)
+
+
+def _assert_matches_reference(server, records, predictions):
+    reference = ReferencePipeline(server.bundle).predict(schema_for(server.bundle.manifest).encode(records))
+    assert len(predictions) == len(records)
+    for task in server.bundle.manifest.tasks:
+        raw = np.stack([p[task.name].raw for p in predictions])
+        calibrated = np.stack([p[task.name].calibrated for p in predictions])
+        assert np.abs(raw - reference[f"{task.name}_raw"]).max() <= 1e-5
+        assert np.abs(calibrated - reference[f"{task.name}_calibrated"]).max() <= 1e-5
+        labels = [p[task.name].label for p in predictions]
+        assert labels == [v.decode() for v in reference[f"{task.name}_label"][:, 0]]
+    versions = {p.calibration_version for p in predictions}
+    assert versions == {server.bundle.calibrator.version}
+
+
+def test_every_step_is_ready(bimodal_server):
+    client = httpclient.InferenceServerClient(bimodal_server.http_url)
+    assert client.is_server_ready()
+    for step in STEPS:
+        assert client.is_model_ready(step), step
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_ensemble_equals_reference_pipeline(bimodal_server, varied_records, protocol):
+    assert len(varied_records) >= 200
+    url = bimodal_server.http_url if protocol == "http" else bimodal_server.grpc_url
+    with CalibratedClassifierClient(url, protocol=protocol) as client:
+        predictions = client.predict(varied_records)  # split into max_batch_size requests
+    _assert_matches_reference(bimodal_server, varied_records, predictions)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_async_client_equals_reference_pipeline(bimodal_server, varied_records, protocol):
+    url = bimodal_server.http_url if protocol == "http" else bimodal_server.grpc_url
+
+    async def run():
+        async with AsyncCalibratedClassifierClient(url, protocol=protocol, max_concurrency=4) as client:
+            client.max_batch_size = 16  # many concurrent requests
+            return await client.predict(varied_records[:96])
+
+    _assert_matches_reference(bimodal_server, varied_records[:96], asyncio.run(run()))
+
+
+def test_trimodal_bundle_serves_and_matches_reference(trimodal_server, varied_records):
+    with CalibratedClassifierClient(trimodal_server.grpc_url, protocol="grpc") as client:
+        assert client.schema.text_fields == ("dialogue", "events")
+        predictions = client.predict(varied_records[:80])
+    _assert_matches_reference(trimodal_server, varied_records[:80], predictions)
+
+
+def test_a_record_gets_the_same_answer_alone_and_in_a_batch(bimodal_server, varied_records):
+    with CalibratedClassifierClient(bimodal_server.grpc_url, protocol="grpc") as client:
+        batch = client.predict(varied_records[:32])
+        for index in (0, 5, 31):
+            (alone,) = client.predict([varied_records[index]])
+            for task in alone.tasks:
+                assert np.abs(alone[task].raw - batch[index][task].raw).max() <= 1e-5
+                assert np.abs(alone[task].calibrated - batch[index][task].calibrated).max() <= 1e-5
+
+
+def _statistics(url: str, model: str) -> tuple[int, int]:
+    stats = httpclient.InferenceServerClient(url).get_inference_statistics(model)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_dynamic_batching_batches_concurrent_requests(bimodal_server, varied_records):
+    before = {step: _statistics(bimodal_server.http_url, step) for step in STEPS[:4]}
+    with CalibratedClassifierClient(bimodal_server.grpc_url, protocol="grpc") as client:
+        encoded = client.schema.encode(varied_records[:64])
+
+        def one(i: int):
+            return client.infer_arrays(encoded, slice(i, i + 1))
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(64)))
+    assert len(results) == 64
+    for step in STEPS[:4]:
+        inferences, executions = (a - b for a, b in zip(_statistics(bimodal_server.http_url, step), before[step]))
+        assert inferences == 64, step
+        assert executions < inferences, f"{step}: {executions} executions for {inferences} inferences"
+
+
+def test_config_publishes_schema_for_clients(bimodal_server):
+    config = grpcclient.InferenceServerClient(bimodal_server.grpc_url).get_model_config(
+        contract.DEFAULT_ENSEMBLE, as_json=True)["config"]
+    assert "tce_schema" in config["parameters"]
+    names = [o["name"] for o in config["output"]]
+    assert "abuse_raw" in names and "abuse_calibrated" in names
