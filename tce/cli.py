@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", choices=("minilm", "tiny"), default="minilm")
     p.add_argument("--rows", type=int, default=3000)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--calibration", choices=("isotonic", "sigmoid", "percentile"), default="isotonic")
     p.set_defaults(run=_demo_bundle)
 

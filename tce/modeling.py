@@ -189,7 +189,9 @@ class MultimodalClassifier(nn.Module):
         parts: List[Tensor] = []
         for index, projection in enumerate(self.text_projections):
             parts.append(torch.relu(projection(text_embeddings[index])))
-        parts.append(self.tabular_mlp((tabular - self.tabular_mean) / self.tabular_std))
+        # Clamp standardised features: values far outside training (a 100x order amount) must not extrapolate.
+        standardised = ((tabular - self.tabular_mean) / self.tabular_std).clamp(-5.0, 5.0)
+        parts.append(self.tabular_mlp(standardised))
         fused = self.fusion(torch.cat(parts, dim=1))
         return [head(fused) for head in self.heads]
 
