@@ -50,6 +50,84 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.repository)
 
 
+def _import_seed(args: argparse.Namespace) -> int:
+    from .seed_import import import_seed
+
+    report = import_seed(args.source, args.destination, name=args.name)
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"bundle written to {report.bundle}")
+    return 0
+
+
+def _label_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        task, sep, column = pair.partition("=")
+        if not sep or not task or not column:
+            raise ValueError(f"--label takes TASK=COLUMN, got {pair!r}")
+        overrides[task] = column
+    return overrides
+
+
+def _calibrate_fit(args: argparse.Namespace) -> int:
+    from .calibrate import fit
+
+    calibrator = fit(args.bundle, args.predictions, method=args.method, points=args.points, tasks=args.task,
+                     labels=_label_overrides(args.label), version=args.version)
+    methods = ", ".join(f"{t}: {c.method}" for t, c in calibrator.calibrations.items())
+    print(f"calibration version {calibrator.version} written to {args.bundle}/calibration ({methods})")
+    return 0
+
+
+def _calibrate_apply(args: argparse.Namespace) -> int:
+    from .calibrate import apply
+
+    frame, notes = apply(args.calibration, args.input, args.output)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{len(frame)} rows with calibrated columns written to {args.output}")
+    return 0
+
+
+def _calibrate_report(args: argparse.Namespace) -> int:
+    from .calibrate import format_report, report
+
+    results = report(args.calibration, args.input, args.out, labels=_label_overrides(args.label), bins=args.bins)
+    print(format_report(results))
+    print(f"reliability diagrams and calibration_report.json written to {args.out}")
+    return 0
+
+
+def _calibrate_publish(args: argparse.Namespace) -> int:
+    from .calibrate import publish
+
+    version = publish(args.bundle, args.repository, url=args.url)
+    state = f"loaded by the server at {args.url}" if args.url else "load it with the server's repository API"
+    print(f"calibrator version {version} written to {args.repository}/calibrator/{version}; {state}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from tce_client import CalibratedClassifierClient, predictions_to_frame, to_seed_csv, to_seed_json
+
+    from .tables import read_frame, write_frame
+
+    frame = read_frame(args.input)
+    with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
+        predictions = client.predict(frame)
+    if args.format == "table":
+        keep = frame[[args.id_field]] if args.id_field and args.id_field in frame else frame
+        write_frame(pd.concat([keep.reset_index(drop=True), predictions_to_frame(predictions)], axis=1), args.output)
+    else:
+        text = (to_seed_json if args.format == "seed-json" else to_seed_csv)(predictions, args.task)
+        args.output.write_text(text, encoding="utf-8")
+    print(f"{len(predictions)} predictions written to {args.output}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tce", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -83,6 +161,52 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config-name", default="")
     p.add_argument("--log", type=Path, default=None, help="server log file (default: a temporary file)")
     p.set_defaults(run=_serve)
+
+    p = commands.add_parser("import-seed", help="turn seed artifacts (directory or model.tar.gz) into a bundle")
+    p.add_argument("source", type=Path)
+    p.add_argument("destination", type=Path)
+    p.add_argument("--name", default=None)
+    p.set_defaults(run=_import_seed)
+
+    calibrate = commands.add_parser("calibrate", help="fit, apply, report or publish calibration")
+    actions = calibrate.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("fit", help="fit lookup tables from a labelled predictions file into a bundle")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, required=True, help="CSV, TSV or Parquet")
+    p.add_argument("--method", choices=("isotonic", "sigmoid", "percentile"), default="isotonic")
+    p.add_argument("--points", type=int, default=1000)
+    p.add_argument("--task", action="append", default=[], help="fit only these tasks (default: all)")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN")
+    p.add_argument("--version", default="", help="version label (default: content fingerprint)")
+    p.set_defaults(run=_calibrate_fit)
+    p = actions.add_parser("apply", help="add calibrated columns to a predictions file")
+    p.add_argument("--calibration", type=Path, required=True, help="a bundle or a seed calibration/ directory")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p.set_defaults(run=_calibrate_apply)
+    p = actions.add_parser("report", help="ECE, MCE, Brier, log-loss raw vs calibrated, reliability PNGs")
+    p.add_argument("--calibration", type=Path, required=True)
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN")
+    p.add_argument("--bins", type=int, default=15)
+    p.set_defaults(run=_calibrate_report)
+    p = actions.add_parser("publish", help="add the bundle's calibration as a new calibrator version")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--url", default=None, help="HTTP host:port of a server in explicit model-control mode")
+    p.set_defaults(run=_calibrate_publish)
+
+    p = commands.add_parser("predict", help="score a CSV/TSV/Parquet file on a running server")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--url", default=None)
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    p.add_argument("--model", default="calibrated_ensemble")
+    p.add_argument("--format", choices=("table", "seed-json", "seed-csv"), default="table")
+    p.add_argument("--task", default=None, help="with seed formats: the task to format")
+    p.add_argument("--id-field", default=None, help="with table: keep only this input column")
+    p.set_defaults(run=_predict)
 
     p = commands.add_parser("demo", help="serve a built repository, score sample records, stop")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)

@@ -30,6 +30,8 @@ from .metrics import TaskMetrics, task_metrics
 from .modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
 
 EncoderChoice = Literal["minilm", "tiny"]
+TaskSet = Literal["abuse_reason", "abuse", "reason", "score_fields"]
+TASK_SETS: tuple[str, ...] = ("abuse_reason", "abuse", "reason", "score_fields")
 FULL_STEPS = ("dialogue_splitter", "html_normalizer", "emoji_remover", "text_normalizer", "dialogue_chunker",
               "tokenizer")
 EVENT_STEPS = ("text_normalizer", "tokenizer")
@@ -44,6 +46,7 @@ class TrainingConfig:
     epochs: int = 40
     learning_rate: float = 3e-3
     calibration_method: FitMethod = "isotonic"
+    task_set: TaskSet = "abuse_reason"
     dialogue_max_length: int = 64
     dialogue_max_chunks: int = 2
     events_max_length: int = 24
@@ -53,6 +56,8 @@ class TrainingConfig:
             raise ValueError(f"model_kind must be bimodal or trimodal, got {self.model_kind!r}")
         if self.encoder not in ("minilm", "tiny"):
             raise ValueError(f"encoder must be minilm or tiny, got {self.encoder!r}")
+        if self.task_set not in TASK_SETS:
+            raise ValueError(f"task_set must be one of {list(TASK_SETS)}, got {self.task_set!r}")
         if self.rows < 200:
             raise ValueError(f"rows must be >= 200 to leave train, calibration and test splits, got {self.rows}")
 
@@ -64,10 +69,12 @@ class BuildReport:
     metrics: dict[str, dict[str, TaskMetrics]] = field(default_factory=dict)  # task -> {"raw","calibrated"}
 
     def table(self) -> str:
-        lines = [f"{'task':<10} {'scores':<11} {'AUROC':>7} {'ECE':>7} {'Brier':>7} {'log-loss':>9}"]
+        width = max([10, *(len(task) + 1 for task in self.metrics)])
+        lines = [f"{'task':<{width}} {'scores':<11} {'AUROC':>7} {'ECE':>7} {'Brier':>7} {'log-loss':>9}"]
         for task, pair in self.metrics.items():
             for kind, m in pair.items():
-                lines.append(f"{task:<10} {kind:<11} {m.auroc:7.4f} {m.ece:7.4f} {m.brier:7.4f} {m.log_loss:9.4f}")
+                lines.append(f"{task:<{width}} {kind:<11} {m.auroc:7.4f} {m.ece:7.4f} {m.brier:7.4f} "
+                             f"{m.log_loss:9.4f}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -76,9 +83,26 @@ class BuildReport:
                           indent=1)
 
 
-def demo_tasks() -> tuple[TaskSpec, ...]:
-    return (TaskSpec("abuse", "binary", demo_data.ABUSE_CLASSES),
-            TaskSpec("reason", "multiclass", demo_data.REASONS))
+def demo_tasks(task_set: TaskSet = "abuse_reason") -> tuple[TaskSpec, ...]:
+    """The demo's task lists: both labels (default), one of them, or three binary
+    score fields (the seed's multi-task mode)."""
+    abuse = TaskSpec("abuse", "binary", demo_data.ABUSE_CLASSES)
+    reason = TaskSpec("reason", "multiclass", demo_data.REASONS)
+    sets = {
+        "abuse_reason": (abuse, reason),
+        "abuse": (abuse,),
+        "reason": (reason,),
+        "score_fields": (abuse, TaskSpec("payment_fraud", "binary", ("no", "yes")),
+                         TaskSpec("item_not_received", "binary", ("no", "yes"))),
+    }
+    return sets[task_set]
+
+
+def task_labels(task: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
+    """Class index per record for a demo task."""
+    if task.name in (demo_data.SPEC.abuse, demo_data.SPEC.reason):
+        return frame[task.name].to_numpy(dtype=np.int64)
+    return (frame[demo_data.SPEC.reason] == demo_data.REASONS.index(task.name)).to_numpy(dtype=np.int64)
 
 
 def demo_text_fields(config: TrainingConfig) -> tuple[TextFieldConfig, ...]:
@@ -94,7 +118,7 @@ def demo_manifest(config: TrainingConfig) -> Manifest:
     return Manifest(name=f"demo_{config.model_kind}", model_kind=config.model_kind,
                     text_fields=tuple(f.name for f in demo_text_fields(config)),
                     features=FeatureLayout.from_lists(demo_data.NUMERIC, demo_data.CATEGORICAL),
-                    tasks=demo_tasks(),
+                    tasks=demo_tasks(config.task_set),
                     description=f"synthetic buyer-seller messaging demo, {config.encoder} encoder")
 
 
@@ -168,7 +192,7 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
     started = time.perf_counter()
     torch.manual_seed(config.seed)  # weight init and training order: same config, same bundle
     out = Path(out)
-    tasks = demo_tasks()
+    tasks = demo_tasks(config.task_set)
     frame = demo_data.make_dataset(config.rows, seed=config.seed)
     shuffled = frame.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
     cut_train, cut_calibration = int(0.6 * config.rows), int(0.8 * config.rows)
@@ -201,8 +225,7 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
     log(f"encoding text with the frozen {config.encoder} encoder ...")
     embedded = {name: embed_texts(core, text, part) for name, part in
                 (("train", train), ("calibration", calibration_split), ("test", test))}
-    label_columns = (demo_data.SPEC.abuse, demo_data.SPEC.reason)
-    train_labels = [torch.tensor(train[c].to_numpy(dtype=np.int64)) for c in label_columns]
+    train_labels = [torch.tensor(task_labels(task, train)) for task in tasks]
     log(f"training fusion and heads for {config.epochs} epochs ...")
     train_heads(core, embedded["train"], train_tab, train_labels, tasks, config.epochs, config.learning_rate,
                 config.seed)
@@ -214,8 +237,8 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
     columns = task_columns(tasks)
     calibration_probs = predict("calibration", calibration_split)
     calibrations = {task.name: fit_task(task, calibration_probs[:, columns[task.name]],
-                                        calibration_split[column].to_numpy(), config.calibration_method)
-                    for task, column in zip(tasks, label_columns)}
+                                        task_labels(task, calibration_split), config.calibration_method)
+                    for task in tasks}
     calibrator = Calibrator(tasks, calibrations)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -226,8 +249,8 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
     report = BuildReport(out, 0.0)
     test_probs = predict("test", test)
     calibrated = calibrator.apply(test_probs)
-    for task, column in zip(tasks, label_columns):
-        labels = test[column].to_numpy()
+    for task in tasks:
+        labels = task_labels(task, test)
         report.metrics[task.name] = {
             "raw": task_metrics(calibrated.raw[task.name], labels),
             "calibrated": task_metrics(calibrated.calibrated[task.name], labels),

@@ -46,3 +46,27 @@ def varied_records() -> list[dict]:
         {"dialogue": "\n\n  \r\n", "account_age_days": np.nan},
     ]
     return records
+
+
+def _build_task_set(tmp_path_factory: pytest.TempPathFactory, task_set: str) -> Bundle:
+    out = tmp_path_factory.mktemp(f"bundle_{task_set}")
+    config = TrainingConfig(encoder="tiny", rows=400, epochs=5, seed=5, task_set=task_set)
+    build_demo_bundle(out, config, log=lambda *_: None)
+    return Bundle.load(out)
+
+
+@pytest.fixture(scope="session")
+def binary_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """One binary task: the seed's single-task binary model."""
+    return _build_task_set(tmp_path_factory, "abuse")
+
+
+@pytest.fixture(scope="session")
+def multiclass_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return _build_task_set(tmp_path_factory, "reason")
+
+
+@pytest.fixture(scope="session")
+def score_field_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """Three binary score fields: the seed's multi-task mode."""
+    return _build_task_set(tmp_path_factory, "score_fields")

@@ -3,9 +3,10 @@ from .client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedCl
 from .errors import ClientError, InferenceError, ModelNotReadyError, RecordError, ServerUnavailableError
 from .results import Prediction, TaskResult, predictions_to_frame
 from .schema import EnsembleSchema
+from .seed_format import to_seed_csv, to_seed_json
 
 __all__ = [
     "DEFAULT_MODEL", "AsyncCalibratedClassifierClient", "CalibratedClassifierClient", "ClientError",
     "EnsembleSchema", "InferenceError", "ModelNotReadyError", "Prediction", "RecordError",
-    "ServerUnavailableError", "TaskResult", "predictions_to_frame",
+    "ServerUnavailableError", "TaskResult", "predictions_to_frame", "to_seed_csv", "to_seed_json",
 ]

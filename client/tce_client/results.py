@@ -36,14 +36,17 @@ class Prediction:
 
 
 def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
-    """Wide table: ``<task>_prob_class_<i>``, ``<task>_calibrated_prob_class_<i>``,
-    ``<task>_label`` per task, plus the calibration version."""
+    """Seed 001's columns: ``prob_class_<i>`` and ``calibrated_prob_class_<i>`` for
+    a single-task model, ``<task>_prob_class_<i>`` (and calibrated) for several;
+    plus ``<task>_label``, ``<task>_calibration_fallback`` and the calibration version."""
     columns: dict[str, list] = {}
     for prediction in predictions:
+        single = len(prediction.tasks) == 1
         for name, result in prediction.tasks.items():
+            prefix = "" if single else f"{name}_"
             for i in range(len(result.classes)):
-                columns.setdefault(f"{name}_prob_class_{i}", []).append(float(result.raw[i]))
-                columns.setdefault(f"{name}_calibrated_prob_class_{i}", []).append(float(result.calibrated[i]))
+                columns.setdefault(f"{prefix}prob_class_{i}", []).append(float(result.raw[i]))
+                columns.setdefault(f"{prefix}calibrated_prob_class_{i}", []).append(float(result.calibrated[i]))
             columns.setdefault(f"{name}_label", []).append(result.label)
             columns.setdefault(f"{name}_calibration_fallback", []).append(result.calibration_fallback)
         columns.setdefault("calibration_version", []).append(prediction.calibration_version)

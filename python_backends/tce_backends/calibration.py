@@ -123,8 +123,8 @@ class TaskCalibration:
 
 @dataclass(frozen=True)
 class CalibratedBatch:
-    raw: dict[str, np.ndarray]          # task -> float32 [B, classes]
-    calibrated: dict[str, np.ndarray]   # task -> float32 [B, classes]
+    raw: dict[str, np.ndarray]          # task -> [B, classes], as given
+    calibrated: dict[str, np.ndarray]   # task -> float64 [B, classes]
     labels: dict[str, np.ndarray]       # task -> int64 [B], argmax of raw (seed 000)
     fallback: np.ndarray                # bool [B, tasks]: calibrated == raw because calibration failed
 
@@ -165,7 +165,7 @@ class Calibrator:
         raw, calibrated, labels = {}, {}, {}
         fallback = np.zeros((batch, len(self.tasks)), dtype=bool)
         for index, task in enumerate(self.tasks):
-            task_raw = probabilities[:, self._columns[task.name]].astype(np.float32)
+            task_raw = probabilities[:, self._columns[task.name]]
             if task.name in self.fallback_reasons:
                 task_calibrated, failed = task_raw.astype(np.float64), np.ones(batch, dtype=bool)
             else:
@@ -176,7 +176,7 @@ class Calibrator:
                     task_calibrated, failed = task_raw.astype(np.float64), np.ones(batch, dtype=bool)
                 task_calibrated[failed] = task_raw[failed]
             raw[task.name] = task_raw
-            calibrated[task.name] = task_calibrated.astype(np.float32)
+            calibrated[task.name] = task_calibrated
             labels[task.name] = task_raw.argmax(axis=1).astype(np.int64)
             fallback[:, index] = failed
         return CalibratedBatch(raw, calibrated, labels, fallback)

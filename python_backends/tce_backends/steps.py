@@ -148,8 +148,8 @@ class CalibratorStep:
         result = self.calibrator.apply(probabilities)
         out: Tensors = {}
         for task in self.calibrator.tasks:
-            out[contract.raw_output(task.name)] = result.raw[task.name]
-            out[contract.calibrated_output(task.name)] = result.calibrated[task.name]
+            out[contract.raw_output(task.name)] = result.raw[task.name].astype(np.float32)
+            out[contract.calibrated_output(task.name)] = result.calibrated[task.name].astype(np.float32)
             out[contract.label_output(task.name)] = self._class_names[task.name][result.labels[task.name]][:, None]
         batch = probabilities.shape[0]
         out[contract.CALIBRATION_VERSION] = np.full((batch, 1), self._version, dtype=np.object_)

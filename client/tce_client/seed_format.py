@@ -1,0 +1,58 @@
+"""Seed 000's response formats, produced from typed predictions.
+
+Binary task: ``legacy-score`` (raw class-1), ``calibrated-score``, ``output-label``.
+Multiclass: ``prob_NN`` / ``calibrated_prob_NN`` (1-based, two digits) and
+``output-label``. ``output-label`` is ``class-<argmax of raw>`` as in the seed.
+Values are strings, as the seed's ``str(...)`` of Python floats.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Sequence
+
+from .results import Prediction, TaskResult
+
+
+def seed_record(result: TaskResult) -> dict[str, str]:
+    raw = [float(v) for v in result.raw]
+    calibrated = [float(v) for v in result.calibrated]
+    label = f"class-{raw.index(max(raw))}"
+    if len(raw) == 2:
+        return {"legacy-score": str(raw[1]), "calibrated-score": str(calibrated[1]), "output-label": label}
+    record = {}
+    for i in range(len(raw)):
+        record[f"prob_{str(i + 1).zfill(2)}"] = str(raw[i])
+        record[f"calibrated_prob_{str(i + 1).zfill(2)}"] = str(calibrated[i])
+    record["output-label"] = label
+    return record
+
+
+def _task(predictions: Sequence[Prediction], task: str | None) -> str:
+    if not predictions:
+        raise ValueError("no predictions to format")
+    names = list(predictions[0].tasks)
+    if task is None:
+        if len(names) != 1:
+            raise ValueError(f"the model has tasks {names}: name the one to format")
+        return names[0]
+    if task not in names:
+        raise ValueError(f"unknown task {task!r}; the model has {names}")
+    return task
+
+
+def to_seed_json(predictions: Sequence[Prediction], task: str | None = None) -> str:
+    name = _task(predictions, task)
+    return json.dumps({"predictions": [seed_record(p[name]) for p in predictions]})
+
+
+def to_seed_csv(predictions: Sequence[Prediction], task: str | None = None) -> str:
+    """One header line with the JSON field names, then one line per record."""
+    name = _task(predictions, task)
+    rows = [seed_record(p[name]) for p in predictions]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,262 @@
+"""``tce calibrate``: fit, apply, report and publish calibration.
+
+Prediction-file columns (CSV/TSV/Parquet):
+
+- one task: ``prob_class_<i>`` (seed 001), labels in ``label``;
+- several tasks: ``<task>_prob_class_<i>``, or for a binary score field the
+  class-1 score in column ``<task>`` (seed 000's multi-task mode); labels in
+  ``label_<task>``. ``--label TASK=COLUMN`` overrides a label column.
+
+``apply`` runs exactly the server's ``Calibrator`` and adds
+``calibrated_prob_class_<i>`` (``<task>_calibrated_prob_class_<i>``) or
+``<field>_calibrated`` columns, keeping every input column.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
+from tce_backends.calibration import CALIBRATION_FILE, Calibrator
+from tce_backends.tasks import TaskSpec
+
+from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
+from .metrics import TaskMetrics, reliability_bins, confidence_and_hits, task_metrics
+from .repository import model_py_source
+from .tables import read_frame, write_frame
+
+
+@dataclass(frozen=True)
+class ScoreColumns:
+    """Where one task's scores live in a predictions file."""
+
+    task: TaskSpec
+    columns: tuple[str, ...]   # prob_class columns, or the single score-field column
+    score_field: bool          # True: one class-1 score column
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        values = frame[list(self.columns)].to_numpy(dtype=np.float64)
+        if self.score_field:
+            return np.concatenate([1.0 - values, values], axis=1)
+        return values
+
+    def calibrated_columns(self, single_task: bool) -> list[str]:
+        if self.score_field:
+            return [f"{self.columns[0]}_calibrated"]
+        prefix = "" if single_task else f"{self.task.name}_"
+        return [f"{prefix}calibrated_prob_class_{i}" for i in range(self.task.num_classes)]
+
+
+def score_columns(tasks: Sequence[TaskSpec], frame: pd.DataFrame, single: bool | None = None) -> list[ScoreColumns]:
+    """``single``: the file follows the one-task naming (default: when there is one task)."""
+    found = []
+    single = len(tasks) == 1 if single is None else single
+    for task in tasks:
+        prefix = "" if single else f"{task.name}_"
+        probability_columns = tuple(f"{prefix}prob_class_{i}" for i in range(task.num_classes))
+        if all(c in frame for c in probability_columns):
+            found.append(ScoreColumns(task, probability_columns, False))
+        elif task.kind == "binary" and task.name in frame:
+            found.append(ScoreColumns(task, (task.name,), True))
+        else:
+            raise ValueError(f"no scores for task {task.name!r}: expected columns {list(probability_columns)}"
+                             + (f" or a score-field column {task.name!r}" if task.kind == "binary" else ""))
+    return found
+
+
+def label_column(task: TaskSpec, tasks: Sequence[TaskSpec], overrides: Mapping[str, str]) -> str:
+    return overrides.get(task.name, "label" if len(tasks) == 1 else f"label_{task.name}")
+
+
+def _labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
+    if column not in frame:
+        raise ValueError(f"no label column {column!r} for task {task.name!r} (use --label {task.name}=COLUMN)")
+    values = frame[column]
+    if values.dtype == object or str(values.dtype).startswith("str"):
+        lookup = {name: index for index, name in enumerate(task.classes)}
+        unknown = sorted(set(values.astype(str)) - set(lookup))
+        if unknown:
+            raise ValueError(f"label column {column!r} holds values that are not classes of {task.name!r}: "
+                             f"{unknown[:5]}")
+        return values.astype(str).map(lookup).to_numpy(dtype=np.int64)
+    labels = values.to_numpy(dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= task.num_classes:
+        raise ValueError(f"label column {column!r} must hold class indices in [0, {task.num_classes})")
+    return labels
+
+
+# -- fit ---------------------------------------------------------------------------
+
+def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", points: int = DEFAULT_POINTS,
+        tasks: Sequence[str] = (), labels: Mapping[str, str] | None = None, version: str = "") -> Calibrator:
+    """Fit the chosen tasks (default: all) and write the bundle's calibration/."""
+    bundle = Bundle.load(bundle_dir)
+    frame = read_frame(predictions)
+    all_tasks = bundle.manifest.tasks
+    chosen = [t for t in all_tasks if not tasks or t.name in tasks]
+    unknown = sorted(set(tasks) - {t.name for t in all_tasks})
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; the bundle has {[t.name for t in all_tasks]}")
+    calibrations = dict(bundle.calibrator.calibrations)
+    by_task = {c.task.name: c for c in score_columns(chosen, frame, single=len(all_tasks) == 1)}
+    for task in chosen:
+        scores = by_task[task.name].matrix(frame)
+        calibrations[task.name] = fit_task(task, scores, _labels(frame, task, label_column(task, all_tasks,
+                                                                                            labels or {})),
+                                           method, points)
+    calibrator = Calibrator(all_tasks, calibrations, version=version)
+    target = bundle.root / CALIBRATION_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    calibrator.save(target)
+    return calibrator
+
+
+# -- apply -------------------------------------------------------------------------
+
+def load_calibration(directory: Path, frame: pd.DataFrame) -> tuple[Calibrator, list[ScoreColumns], list[str]]:
+    """A bundle, a bundle's calibration/ or a seed calibration/ directory."""
+    directory = Path(directory)
+    if (directory / MANIFEST_FILE).is_file():
+        tasks = Manifest.load(directory).tasks
+        calibrator = Calibrator.load(directory / CALIBRATION_DIR, tasks, strict=True)
+        return calibrator, score_columns(tasks, frame), []
+    if (directory / CALIBRATION_FILE).is_file():
+        raise ValueError(f"{directory} is a bundle's calibration/ directory: pass the bundle directory itself, "
+                         "which names the tasks")
+    from .seed_import import SeedCalibration
+
+    seed = SeedCalibration.read(directory)
+    if not (seed.percentile or seed.binary or seed.per_class or seed.per_score_field):
+        raise ValueError(f"{directory} holds no bundle and no seed calibration files")
+    tasks = _seed_tasks(seed, frame)
+    calibrations, notes = seed.for_tasks(tasks)
+    notes += [f"unknown calibration file ignored: {u}" for u in seed.unknown]
+    calibrator = Calibrator(tasks, calibrations)
+    return calibrator, score_columns(tasks, frame), notes
+
+
+def _seed_tasks(seed, frame: pd.DataFrame) -> tuple[TaskSpec, ...]:
+    tasks = []
+    for field in seed.per_score_field:
+        if field not in frame:
+            raise ValueError(f"calibration_model_{field}.pkl needs a score column {field!r} in the input")
+        tasks.append(TaskSpec(field, "binary", ("0", "1")))
+    if seed.percentile or seed.binary or seed.per_class:
+        indices = sorted(int(m.group(1)) for c in frame.columns if (m := re.fullmatch(r"prob_class_(\d+)", str(c))))
+        if not indices or indices != list(range(len(indices))):
+            raise ValueError("the input needs prob_class_0 .. prob_class_<k-1> columns for this calibration")
+        kind = "binary" if len(indices) == 2 else "multiclass"
+        tasks.append(TaskSpec("label", kind, tuple(str(i) for i in indices)))
+    return tuple(tasks)
+
+
+def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    frame = read_frame(input_path)
+    calibrator, columns, notes = load_calibration(calibration, frame)
+    scores = np.concatenate([c.matrix(frame) for c in columns], axis=1)
+    result = calibrator.apply(scores)  # the server's code, in float64 (the server then sends float32)
+    out = frame.copy()
+    single = len(columns) == 1
+    for column in columns:
+        calibrated = result.calibrated[column.task.name]
+        names = column.calibrated_columns(single)
+        if column.score_field:
+            out[names[0]] = calibrated[:, 1]
+        else:
+            for index, name in enumerate(names):
+                out[name] = calibrated[:, index]
+    failed = result.fallback.any(axis=0)
+    notes += [f"task {t.name!r}: {int(result.fallback[:, i].sum())} rows could not be calibrated"
+              for i, t in enumerate(calibrator.tasks) if failed[i]]
+    write_frame(out, output_path)
+    return out, notes
+
+
+# -- report ------------------------------------------------------------------------
+
+def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[str, str] | None = None,
+           bins: int = 15) -> dict[str, dict[str, TaskMetrics]]:
+    """Raw vs calibrated ECE, MCE, Brier, log-loss per task, and reliability diagrams."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = read_frame(input_path)
+    calibrator, columns, _ = load_calibration(calibration, frame)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, TaskMetrics]] = {}
+    applied = calibrator.apply(np.concatenate([c.matrix(frame) for c in columns], axis=1))
+    for column in columns:
+        task = column.task
+        raw = column.matrix(frame)
+        calibrated = applied.calibrated[task.name]
+        truth = _labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
+        results[task.name] = {"raw": task_metrics(raw, truth, bins), "calibrated": task_metrics(calibrated, truth, bins)}
+        figure, axis = plt.subplots(figsize=(5, 5))
+        axis.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+        for name, probabilities in (("raw", raw), ("calibrated", calibrated)):
+            mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, truth), bins)
+            used = counts > 0
+            ece = results[task.name][name].ece
+            axis.plot(mean_conf[used], frequency[used], "o-", label=f"{name} (ECE {ece:.3f})")
+        axis.set_xlabel("class-1 probability" if task.kind == "binary" else "top-class confidence")
+        axis.set_ylabel("observed frequency")
+        axis.set_title(f"reliability: {task.name}")
+        axis.legend(loc="upper left")
+        figure.tight_layout()
+        figure.savefig(out_dir / f"reliability_{task.name}.png", dpi=100)
+        plt.close(figure)
+    summary = {t: {k: m.as_dict() for k, m in pair.items()} for t, pair in results.items()}
+    (out_dir / "calibration_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return results
+
+
+def format_report(results: Mapping[str, Mapping[str, TaskMetrics]]) -> str:
+    width = max([10, *(len(t) + 1 for t in results)])
+    lines = [f"{'task':<{width}} {'scores':<11} {'ECE':>7} {'MCE':>7} {'Brier':>7} {'log-loss':>9}"]
+    for task, pair in results.items():
+        for kind, m in pair.items():
+            lines.append(f"{task:<{width}} {kind:<11} {m.ece:7.4f} {m.mce:7.4f} {m.brier:7.4f} {m.log_loss:9.4f}")
+    return "\n".join(lines)
+
+
+# -- publish: a new calibrator version, live -----------------------------------
+
+def publish(bundle_dir: Path, repository: Path, url: str | None = None, timeout_s: float = 120.0) -> int:
+    """Write the bundle's calibration as the next ``calibrator`` version and, with
+    ``url``, ask a server in explicit model-control mode to load it. Triton keeps
+    serving the old version until the new one is ready, then retires it."""
+    from tce_backends import contract
+
+    bundle = Bundle.load(bundle_dir)
+    step_dir = Path(repository) / contract.CALIBRATOR
+    if not (step_dir / "config.pbtxt").is_file():
+        raise ValueError(f"{repository} has no {contract.CALIBRATOR} model; build the repository first")
+    versions = [int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    version = max(versions, default=0) + 1
+    staging = step_dir / f".staging-{version}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    (staging / "model.py").write_text(model_py_source(contract.CALIBRATOR), encoding="utf-8")
+    shutil.copyfile(bundle.root / MANIFEST_FILE, staging / MANIFEST_FILE)
+    shutil.copytree(bundle.root / CALIBRATION_DIR, staging / CALIBRATION_DIR)
+    staging.rename(step_dir / str(version))  # appears whole: the server never sees a half-written version
+    if url:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(url, network_timeout=timeout_s)
+        client.load_model(contract.CALIBRATOR)
+        if not client.is_model_ready(contract.CALIBRATOR, str(version)):
+            raise RuntimeError(f"calibrator version {version} did not become ready; see the server log")
+    return version

@@ -1,0 +1,293 @@
+"""``tce import-seed``: the seed layout (seed 000/001) -> a bundle.
+
+Reads, from a directory or a ``model.tar.gz``:
+
+    model.pt                 TorchScript model with this project's forward contract
+    hyperparameters.json     model_class, text field names and steps, max_sen_len,
+                             tab_field_list, cat_field_list, is_binary / num_classes,
+                             optional score_fields (multi-task) and class names
+    risk_table_map.pkl       {feature: {"bins": {category: value}, "default_bin": value}}
+    impute_dict.pkl          {feature: value}
+    feature_columns.txt      optional feature order, one name per line
+    tokenizer.json           HF fast tokenizer (or vocab.txt for a BERT WordPiece vocabulary)
+    calibration/             percentile_score.pkl | calibration_model.pkl |
+                             calibration_models/calibration_model_class_<i>.pkl |
+                             calibration_model_<score_field>.pkl
+
+Pickles are read here, offline, with an unpickler that only rebuilds plain Python
+containers and numpy arrays, and are written out as JSON and ``.npy``. Nothing at
+serve time ever unpickles.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from tce_backends.bundle import TEXT_FIELDS_PER_KIND, Bundle, Manifest
+from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
+from tce_backends.errors import BundleError
+from tce_backends.features import FeatureLayout
+from tce_backends.tabular import RiskTable, TabularPreprocessor
+from tce_backends.tasks import TaskSpec
+from tce_backends.text import TextFieldConfig, TextPreprocessor
+
+MODEL_CLASSES = {"bimodal_bert": "bimodal", "trimodal_bert": "trimodal", "bimodal": "bimodal",
+                 "trimodal": "trimodal"}
+DEFAULT_PRIMARY_STEPS = ("dialogue_splitter", "html_normalizer", "emoji_remover", "text_normalizer",
+                         "dialogue_chunker", "tokenizer")
+DEFAULT_SECONDARY_STEPS = ("dialogue_splitter", "text_normalizer", "dialogue_chunker", "tokenizer")
+KNOWN_FILES = {"model.pt", "hyperparameters.json", "risk_table_map.pkl", "impute_dict.pkl", "feature_columns.txt",
+               "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "calibration",
+               "model.tar.gz", "feature_importance.json", "model.pth", "model_artifacts.pth", "model.onnx"}
+SAFE_GLOBALS = {
+    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "dict"), ("builtins", "set"), ("builtins", "float"),
+    ("builtins", "int"), ("builtins", "str"), ("collections", "OrderedDict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class SeedImportError(BundleError):
+    """A seed artifact is missing, unknown or malformed."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain containers and numpy arrays")
+
+
+def read_seed_pickle(path: Path) -> Any:
+    """Load one seed pickle with the restricted unpickler (tooling only, never at serve time)."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a malformed artifact
+        raise SeedImportError(path.name, f"cannot read: {exc}") from None
+
+
+def table_from_seed(value: Any, name: str) -> LookupTable:
+    """A seed lookup table: list of (raw, calibrated) pairs, or an [n, 2] array."""
+    try:
+        return LookupTable.from_points(np.asarray(value, dtype=np.float64))
+    except (ValueError, TypeError) as exc:
+        raise SeedImportError(name, f"not a (raw, calibrated) lookup table: {exc}") from None
+
+
+@dataclass
+class SeedCalibration:
+    """The calibration files found in a seed ``calibration/`` directory."""
+
+    percentile: LookupTable | None = None
+    binary: LookupTable | None = None
+    per_class: dict[int, LookupTable] = field(default_factory=dict)
+    per_score_field: dict[str, LookupTable] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, directory: Path) -> "SeedCalibration":
+        found = cls()
+        if not directory.is_dir():
+            return found
+        for path in sorted(directory.iterdir()):
+            relative = f"calibration/{path.name}"
+            if path.name == "percentile_score.pkl":
+                found.percentile = table_from_seed(read_seed_pickle(path), relative)
+            elif path.name == "calibration_model.pkl":
+                found.binary = table_from_seed(read_seed_pickle(path), relative)
+            elif path.name == "calibration_models" and path.is_dir():
+                for item in sorted(path.iterdir()):
+                    suffix = item.name.removeprefix("calibration_model_class_").removesuffix(".pkl")
+                    if item.name.startswith("calibration_model_class_") and item.suffix == ".pkl" and suffix.isdigit():
+                        found.per_class[int(suffix)] = table_from_seed(read_seed_pickle(item),
+                                                                       f"{relative}/{item.name}")
+                    else:
+                        found.unknown.append(f"{relative}/{item.name}")
+            elif path.name.startswith("calibration_model_") and path.suffix == ".pkl":
+                field_name = path.name.removeprefix("calibration_model_").removesuffix(".pkl")
+                found.per_score_field[field_name] = table_from_seed(read_seed_pickle(path), relative)
+            elif path.name == "calibration_summary.json":
+                continue  # metadata only
+            else:
+                found.unknown.append(relative)
+        return found
+
+    def for_tasks(self, tasks: tuple[TaskSpec, ...]) -> tuple[dict[str, TaskCalibration], list[str]]:
+        """Map the files onto tasks the way seed 000 loads them; report leftovers."""
+        calibrations: dict[str, TaskCalibration] = {}
+        notes: list[str] = []
+        names = {t.name for t in tasks}
+        for field_name, table in self.per_score_field.items():
+            if field_name not in names:
+                notes.append(f"calibration/calibration_model_{field_name}.pkl names no task ({sorted(names)})")
+                continue
+            calibrations[field_name] = TaskCalibration("binary", {1: table})
+        single = [t for t in tasks if t.name not in self.per_score_field]
+        has_single_task_files = self.percentile or self.binary or self.per_class
+        if has_single_task_files:
+            if len(single) != 1:
+                notes.append("percentile_score.pkl / calibration_model.pkl / calibration_models/ apply to a "
+                             f"single task, but {len(single)} tasks lack a score-field table: not applied")
+                return calibrations, notes
+            task = single[0]
+            # seed 000's load order: percentile first, then binary, then per class
+            if self.percentile is not None:
+                if task.kind == "binary":
+                    calibrations[task.name] = TaskCalibration("percentile", {1: self.percentile})
+                else:
+                    notes.append(f"percentile calibration is binary-only; task {task.name!r} stays raw (seed 000)")
+            elif self.binary is not None:
+                calibrations[task.name] = TaskCalibration("binary", {1: self.binary})
+            elif self.per_class:
+                out_of_range = [c for c in self.per_class if c >= task.num_classes]
+                if out_of_range:
+                    raise SeedImportError("calibration/calibration_models",
+                                          f"tables for classes {out_of_range} but task {task.name!r} has "
+                                          f"{task.num_classes} classes")
+                calibrations[task.name] = TaskCalibration("multiclass", dict(self.per_class))
+            skipped = [n for n, v in (("calibration_model.pkl", self.percentile and self.binary),
+                                      ("calibration_models/", (self.percentile or self.binary) and self.per_class))
+                       if v]
+            for name in skipped:
+                notes.append(f"calibration/{name} ignored: a higher-priority calibration file is present (seed 000)")
+        return calibrations, notes
+
+
+def _tasks(hyper: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
+    if "tasks" in hyper:  # this project's explicit form
+        return tuple(TaskSpec.from_dict(t) for t in hyper["tasks"])
+    if hyper.get("score_fields"):
+        return tuple(TaskSpec(str(f), "binary", ("0", "1")) for f in hyper["score_fields"])
+    is_binary = bool(hyper.get("is_binary", True))
+    classes = hyper.get("multiclass_categories") or [str(i) for i in range(2 if is_binary else int(hyper["num_classes"]))]
+    name = str(hyper.get("label_name", "label"))
+    return (TaskSpec(name, "binary" if is_binary else "multiclass", tuple(str(c) for c in classes)),)
+
+
+def _text_fields(hyper: Mapping[str, Any], kind: str) -> tuple[TextFieldConfig, ...]:
+    max_length = int(hyper.get("max_sen_len", 512))
+    max_chunks = int(hyper.get("max_total_chunks", 1))
+
+    def field(name: str, steps: Any, default: tuple[str, ...]) -> TextFieldConfig:
+        steps = tuple(steps or default)
+        chunks = max_chunks if "dialogue_chunker" in steps else 1
+        return TextFieldConfig(str(name), steps, max_length, chunks)
+
+    if kind == "trimodal":
+        return (field(hyper["primary_text_name"], hyper.get("primary_text_processing_steps"), DEFAULT_PRIMARY_STEPS),
+                field(hyper["secondary_text_name"], hyper.get("secondary_text_processing_steps"),
+                      DEFAULT_SECONDARY_STEPS))
+    return (field(hyper["text_name"], hyper.get("text_processing_steps"), DEFAULT_PRIMARY_STEPS),)
+
+
+def _tokenizer_json(source: Path, hyper: Mapping[str, Any]) -> str:
+    for candidate in (source / "tokenizer.json", source / "tokenizer" / "tokenizer.json"):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    for candidate in (source / "vocab.txt", source / "tokenizer" / "vocab.txt"):
+        if candidate.is_file():
+            from tokenizers import BertWordPieceTokenizer
+
+            tokenizer = BertWordPieceTokenizer(str(candidate), lowercase=bool(hyper.get("do_lower_case", True)))
+            return tokenizer._tokenizer.to_str()  # the fast tokenizer's JSON form
+    raise SeedImportError("tokenizer", f"no tokenizer.json or vocab.txt in {source} (a hub name cannot be "
+                                       "downloaded here: ship the tokenizer files with the model)")
+
+
+@dataclass
+class ImportReport:
+    bundle: Path
+    notes: list[str]
+
+
+def _unpack(source: Path, scratch: Path) -> Path:
+    archive = source if source.is_file() else source / "model.tar.gz"
+    if archive.is_file() and tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tar:
+            tar.extractall(scratch, filter="data")
+        if source.is_dir():  # loose files beside the archive take part too (e.g. calibration/)
+            for item in source.iterdir():
+                target = scratch / item.name
+                if item.name != "model.tar.gz" and not target.exists():
+                    (shutil.copytree if item.is_dir() else shutil.copyfile)(item, target)
+        return scratch
+    if source.is_dir():
+        return source
+    raise SeedImportError("seed", f"{source} is neither a directory nor a .tar.gz archive")
+
+
+def import_seed(source: Path | str, destination: Path | str, name: str | None = None) -> ImportReport:
+    source, destination = Path(source), Path(destination)
+    if not source.exists():
+        raise SeedImportError("seed", f"{source} does not exist")
+    with tempfile.TemporaryDirectory(prefix="tce-seed-") as scratch:
+        root = _unpack(source, Path(scratch))
+        notes = [f"unknown file ignored: {p.name}" for p in sorted(root.iterdir()) if p.name not in KNOWN_FILES]
+        missing = [f for f in ("model.pt", "hyperparameters.json", "risk_table_map.pkl", "impute_dict.pkl")
+                   if not (root / f).is_file()]
+        if missing:
+            raise SeedImportError("seed", f"missing {', '.join(missing)} in {source}")
+        hyper = json.loads((root / "hyperparameters.json").read_text(encoding="utf-8"))
+        kind = MODEL_CLASSES.get(str(hyper.get("model_class", "")))
+        if kind is None:
+            raise SeedImportError("hyperparameters.json", f"model_class {hyper.get('model_class')!r} is not one of "
+                                                          f"{sorted(MODEL_CLASSES)}")
+        for key in ("tab_field_list", "cat_field_list"):
+            if key not in hyper:
+                raise SeedImportError("hyperparameters.json", f"missing {key!r}")
+        order = None
+        if (root / "feature_columns.txt").is_file():
+            order = [line.strip() for line in (root / "feature_columns.txt").read_text(encoding="utf-8").splitlines()
+                     if line.strip() and not line.startswith("#")]
+            order = [line.split(",")[-1].strip() for line in order]  # tolerate "index,name" lines
+        layout = FeatureLayout.from_lists(hyper["tab_field_list"], hyper["cat_field_list"], order)
+        risk = read_seed_pickle(root / "risk_table_map.pkl")
+        impute = read_seed_pickle(root / "impute_dict.pkl")
+        if not isinstance(risk, dict) or not isinstance(impute, dict):
+            raise SeedImportError("risk_table_map.pkl / impute_dict.pkl", "each must hold a dict")
+        try:
+            tables = {str(k): RiskTable({str(c): float(v) for c, v in t["bins"].items()}, float(t["default_bin"]))
+                      for k, t in risk.items() if k in layout.categorical_names}
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise SeedImportError("risk_table_map.pkl", f"expected {{feature: {{'bins': ..., 'default_bin': ...}}}}: "
+                                                        f"{exc!r}") from None
+        notes += [f"risk_table_map.pkl: table for {k!r} ignored (not a categorical feature)"
+                  for k in risk if k not in layout.categorical_names]
+        tabular = TabularPreprocessor(layout, {k: float(v) for k, v in impute.items()}, tables)
+        fields = _text_fields(hyper, kind)
+        text = TextPreprocessor(fields, _tokenizer_json(root, hyper))
+        tasks = _tasks(hyper)
+        seed_calibration = SeedCalibration.read(root / "calibration")
+        notes += [f"unknown calibration file ignored: {u}" for u in seed_calibration.unknown]
+        calibrations, calibration_notes = seed_calibration.for_tasks(tasks)
+        notes += calibration_notes
+        manifest = Manifest(name=name or str(hyper.get("model_name", source.stem.replace(".tar", ""))),
+                            model_kind=kind,  # type: ignore[arg-type]
+                            text_fields=tuple(f.name for f in fields), features=layout, tasks=tasks,
+                            description=f"imported from seed artifacts at {source}")
+        _check_model(root / "model.pt", 2 * TEXT_FIELDS_PER_KIND[kind] + 1)
+        Bundle.write(destination, manifest, root / "model.pt", text, tabular, Calibrator(tasks, calibrations))
+    return ImportReport(destination, notes)
+
+
+def _check_model(path: Path, expected_inputs: int) -> None:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise SeedImportError("model.pt", f"not a loadable TorchScript model: {exc}") from None
+    arguments = [a for a in module.forward.schema.arguments if a.name != "self"]
+    if len(arguments) != expected_inputs:
+        raise SeedImportError("model.pt", f"forward takes {len(arguments)} tensors, expected {expected_inputs} "
+                                          "(input_ids, attention_mask per text field, then tabular)")
