@@ -34,7 +34,7 @@ demo: build
 serve: build
 	$(BIN)/tce serve --repository $(REPOSITORY)
 
-test: $(STAMP)
+test: build
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 test-unit: $(STAMP)
@@ -45,3 +45,11 @@ test-integration: $(STAMP)
 
 clean:
 	rm -rf artifacts && git clean -fdXq -- $(REPOSITORY)
+
+# Load test against the embedded server: make loadtest USERS=8 SPAWN_RATE=4 DURATION=2m
+USERS ?= 4
+SPAWN_RATE ?= 4
+DURATION ?= 60s
+.PHONY: loadtest
+loadtest: build
+	$(BIN)/tce loadtest --repository $(REPOSITORY) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)

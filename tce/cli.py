@@ -128,6 +128,17 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import LoadTestConfig, run
+
+    config = LoadTestConfig(users=args.users, spawn_rate=args.spawn_rate, duration=args.duration,
+                            slo_file=args.slo_file, reports=args.reports, protocols=tuple(args.protocol or
+                                                                                          ("http", "grpc")))
+    code = run(config, repository=args.repository, http_url=args.http_url, grpc_url=args.grpc_url)
+    print(f"reports: {config.reports}/loadtest.html, loadtest_stats.csv, slo_verdict.json")
+    return code
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tce", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -207,6 +218,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, help="with seed formats: the task to format")
     p.add_argument("--id-field", default=None, help="with table: keep only this input column")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("loadtest", help="locust load test with latency SLOs (exit 1 on a miss)")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="served on the embedded server")
+    p.add_argument("--http-url", default=None, help="test a running server instead (with --grpc-url)")
+    p.add_argument("--grpc-url", default=None)
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--spawn-rate", type=float, default=4.0)
+    p.add_argument("--duration", default="30s")
+    p.add_argument("--protocol", action="append", choices=("http", "grpc"), help="default: both")
+    p.add_argument("--slo-file", type=Path, default=Path("load_tests/slo.yaml"))
+    p.add_argument("--reports", type=Path, default=Path("load_tests/reports"))
+    p.set_defaults(run=_loadtest)
 
     p = commands.add_parser("demo", help="serve a built repository, score sample records, stop")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)

@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Sequence
 
 
+# The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
+TRITON_VERSION = "2.51.0"
+NGC_RELEASE = "24.10"
+
+
 class ServerError(RuntimeError):
     """The embedded server could not be started or did not become ready."""
 

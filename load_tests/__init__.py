@@ -1,0 +1,1 @@
+"""Locust load tests of the served ensemble with latency SLOs."""

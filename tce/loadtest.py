@@ -1,0 +1,83 @@
+"""``tce loadtest``: run the locust load test headless for a bounded time and
+return its SLO verdict as the exit code.
+
+Without ``--http-url``/``--grpc-url`` it serves the repository on the embedded
+Triton server for the duration of the run (free ports), warms it up, and stops it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOAD_TESTS = REPO_ROOT / "load_tests"
+
+
+@dataclass(frozen=True)
+class LoadTestConfig:
+    users: int = 4
+    spawn_rate: float = 4.0
+    duration: str = "30s"
+    slo_file: Path = LOAD_TESTS / "slo.yaml"
+    reports: Path = LOAD_TESTS / "reports"
+    protocols: tuple[str, ...] = ("http", "grpc")
+
+    def __post_init__(self) -> None:
+        if self.users < 1:
+            raise ValueError(f"users must be >= 1, got {self.users}")
+        if self.spawn_rate <= 0:
+            raise ValueError(f"spawn_rate must be > 0, got {self.spawn_rate}")
+        if not self.duration or not self.duration[0].isdigit():
+            raise ValueError(f"duration must look like 30s, 2m or 1h, got {self.duration!r}")
+        if not Path(self.slo_file).is_file():
+            raise ValueError(f"SLO file {self.slo_file} does not exist")
+        unknown = set(self.protocols) - {"http", "grpc"}
+        if not self.protocols or unknown:
+            raise ValueError(f"protocols must be http and/or grpc, got {list(self.protocols)}")
+
+
+def locust_command(config: LoadTestConfig, http_url: str, grpc_url: str) -> list[str]:
+    config.reports.mkdir(parents=True, exist_ok=True)
+    users = {"http": "HttpEnsembleUser", "grpc": "GrpcEnsembleUser"}
+    return [sys.executable, "-m", "locust", "-f", str(LOAD_TESTS / "locustfile.py"), "--headless",
+            "--users", str(config.users), "--spawn-rate", str(config.spawn_rate), "--run-time", config.duration,
+            "--stop-timeout", "10", "--only-summary",
+            "--csv", str(config.reports / "loadtest"), "--html", str(config.reports / "loadtest.html"),
+            "--triton-http", http_url, "--triton-grpc", grpc_url, "--slo-file", str(config.slo_file),
+            "--slo-report", str(config.reports / "slo_verdict.json"),
+            *(users[p] for p in config.protocols)]
+
+
+def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...]) -> None:
+    """First calls pay lazy initialisation in every step; keep them out of the SLO."""
+    from tce_client import CalibratedClassifierClient
+
+    from .demo import SAMPLE_RECORDS as records
+
+    for protocol in protocols:
+        with CalibratedClassifierClient(http_url if protocol == "http" else grpc_url, protocol=protocol) as client:
+            for record in records:
+                client.predict([record])
+
+
+def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | None = None,
+        grpc_url: str | None = None) -> int:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if http_url and grpc_url:
+        warm_up(http_url, grpc_url, config.protocols)
+        return subprocess.run(locust_command(config, http_url, grpc_url), env=env).returncode
+    from .server import EmbeddedServer, ServerConfig, free_ports
+
+    if repository is None:
+        raise ValueError("give a repository to serve, or both --http-url and --grpc-url")
+    ports = free_ports()
+    with EmbeddedServer(ServerConfig(Path(repository), *ports)) as server:
+        print(f"embedded Triton serving {repository} (HTTP {server.config.http_url}, gRPC {server.config.grpc_url})",
+              flush=True)
+        warm_up(server.config.http_url, server.config.grpc_url, config.protocols)
+        return subprocess.run(locust_command(config, server.config.http_url, server.config.grpc_url),
+                              env=env).returncode
