@@ -133,7 +133,7 @@ def evaluate(config: SLOConfig, summaries: Mapping[str, ProtocolSummary]) -> lis
     checks = []
     for protocol, slo in config.protocols.items():
         summary = summaries.get(protocol)
-        for key, q in PERCENTILES.items():
+        for key in PERCENTILES:
             limit = getattr(slo, key)
             measured = getattr(summary, key) if summary and summary.requests else math.inf
             checks.append(Check(f"{protocol}.{key}", measured, limit, measured <= limit, " ms"))

@@ -68,7 +68,7 @@ def run_demo(repository: Path, log=print) -> int:
                 client.predict(SAMPLE_RECORDS[:1])  # warm-up: first call pays lazy initialisation
                 scored = score_samples(client)
                 started = time.perf_counter()
-                batch = client.predict(SAMPLE_RECORDS)
+                client.predict(SAMPLE_RECORDS)
                 batch_ms = (time.perf_counter() - started) * 1000
             log(f"\n== {protocol.upper()}  (tasks: {', '.join(scored[0][0].tasks)}; "
                 f"calibration version {scored[0][0].calibration_version})")

@@ -14,21 +14,28 @@ from tce_backends.bundle import Bundle
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _build(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Bundle:
-    out = tmp_path_factory.mktemp(f"bundle_{kind}")
-    config = TrainingConfig(model_kind=kind, encoder="tiny", rows=600, epochs=15, seed=3)
-    build_demo_bundle(out, config, log=lambda *_: None)
+def _build(tmp_path_factory: pytest.TempPathFactory, name: str, **settings) -> Bundle:
+    out = tmp_path_factory.mktemp(f"bundle_{name}")
+    build_demo_bundle(out, TrainingConfig(encoder="tiny", **settings), log=lambda *_: None)
     return Bundle.load(out)
+
+
+def _build_kind(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Bundle:
+    return _build(tmp_path_factory, kind, model_kind=kind, rows=600, epochs=15, seed=3)
+
+
+def _build_task_set(tmp_path_factory: pytest.TempPathFactory, task_set: str) -> Bundle:
+    return _build(tmp_path_factory, task_set, rows=400, epochs=5, seed=5, task_set=task_set)
 
 
 @pytest.fixture(scope="session")
 def bimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return _build(tmp_path_factory, "bimodal")
+    return _build_kind(tmp_path_factory, "bimodal")
 
 
 @pytest.fixture(scope="session")
 def trimodal_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    return _build(tmp_path_factory, "trimodal")
+    return _build_kind(tmp_path_factory, "trimodal")
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +53,6 @@ def varied_records() -> list[dict]:
         {"dialogue": "\n\n  \r\n", "account_age_days": np.nan},
     ]
     return records
-
-
-def _build_task_set(tmp_path_factory: pytest.TempPathFactory, task_set: str) -> Bundle:
-    out = tmp_path_factory.mktemp(f"bundle_{task_set}")
-    config = TrainingConfig(encoder="tiny", rows=400, epochs=5, seed=5, task_set=task_set)
-    build_demo_bundle(out, config, log=lambda *_: None)
-    return Bundle.load(out)
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
-from .errors import InferenceError, ModelNotReadyError, RecordError, ServerUnavailableError
+from .errors import InferenceError, ModelNotReadyError, ServerUnavailableError
 from .results import Prediction, TaskResult
 from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
 

@@ -16,7 +16,7 @@ from tce.repository import write_repository
 from tce.seed_import import import_seed
 from tce.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends.bundle import Bundle
-from tce_client import CalibratedClassifierClient, InferenceError
+from tce_client import CalibratedClassifierClient
 from tests.seed_layout import seed_calibrated, write_seed
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ..bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
@@ -17,7 +16,8 @@ from ..text import TextPreprocessor
 from .base import StepModel
 
 
-def _parameter(args: dict[str, Any], model: StepModel, key: str, default: str) -> str:
+def _parameter(model: StepModel, key: str, default: str) -> str:
+    """A ``parameters`` entry of the model's config.pbtxt."""
     return model.model_config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
@@ -37,10 +37,10 @@ class MultimodalModel(StepModel):
     def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
         from ..model_runner import ModelRunner
 
-        device = _parameter(args, self, "device", "auto")
+        device = _parameter(self, "device", "auto")
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        threads = int(_parameter(args, self, "num_threads", "0")) or None
+        threads = int(_parameter(self, "num_threads", "0")) or None
         runner = ModelRunner(version_dir / MODEL_FILE, device=device, num_threads=threads)
         self.logger.log_info(f"{self.name}: model.pt on {runner.device}")
         return ModelStep(runner, manifest.text_fields, total_classes(manifest.tasks))
