@@ -141,3 +141,11 @@ def test_serving_code_imports_only_numpy_and_tokenizers():
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_serving_code_parses_as_python_3_10():
+    """The 24.10 NGC image runs the Python steps on its Python 3.10."""
+    import ast
+
+    for path in (REPO_ROOT / "python_backends").rglob("*.py"):
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
