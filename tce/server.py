@@ -196,10 +196,7 @@ class EmbeddedServer:
                     pass
                 process.wait(timeout=10)
         if process is not None:
-            try:  # stubs left behind by a crashed server share its process group
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            _kill_group(process.pid)
         remove_shared_memory(self.shm_prefix)
         if self._run_dir is not None:
             log_inside = self.log_path is not None and self._run_dir in self.log_path.parents
@@ -211,6 +208,17 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """Kill what is left of the server's process group (backend stubs) and wait until it is gone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
 
 
 def remove_shared_memory(prefix: str, shm_dir: Path = Path("/dev/shm")) -> list[str]:
