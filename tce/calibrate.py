@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
-from tce_backends.calibration import CALIBRATION_FILE, Calibrator
+from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
 from tce_backends.tasks import TaskSpec
 
 from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
-from .metrics import TaskMetrics, reliability_bins, confidence_and_hits, task_metrics
-from .repository import model_py_source
+from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
+from .repository import write_step_version
 from .tables import read_frame, write_frame
 
 
@@ -158,11 +158,18 @@ def _seed_tasks(seed, frame: pd.DataFrame) -> tuple[TaskSpec, ...]:
     return tuple(tasks)
 
 
-def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.DataFrame, list[str]]:
+def _calibrate_file(calibration: Path, input_path: Path
+                    ) -> tuple[pd.DataFrame, Calibrator, list[ScoreColumns], CalibratedBatch, list[str]]:
+    """Read a predictions file and run the server's ``Calibrator`` on it, in float64
+    (the server then sends float32)."""
     frame = read_frame(input_path)
     calibrator, columns, notes = load_calibration(calibration, frame)
-    scores = np.concatenate([c.matrix(frame) for c in columns], axis=1)
-    result = calibrator.apply(scores)  # the server's code, in float64 (the server then sends float32)
+    result = calibrator.apply(np.concatenate([c.matrix(frame) for c in columns], axis=1))
+    return frame, calibrator, columns, result, notes
+
+
+def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    frame, calibrator, columns, result, notes = _calibrate_file(calibration, input_path)
     out = frame.copy()
     single = len(columns) == 1
     for column in columns:
@@ -190,16 +197,13 @@ def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = read_frame(input_path)
-    calibrator, columns, _ = load_calibration(calibration, frame)
+    frame, calibrator, columns, applied, _ = _calibrate_file(calibration, input_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, TaskMetrics]] = {}
-    applied = calibrator.apply(np.concatenate([c.matrix(frame) for c in columns], axis=1))
     for column in columns:
         task = column.task
-        raw = column.matrix(frame)
-        calibrated = applied.calibrated[task.name]
+        raw, calibrated = applied.raw[task.name], applied.calibrated[task.name]
         truth = _labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
         results[task.name] = {"raw": task_metrics(raw, truth, bins), "calibrated": task_metrics(calibrated, truth, bins)}
         figure, axis = plt.subplots(figsize=(5, 5))
@@ -222,12 +226,7 @@ def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[s
 
 
 def format_report(results: Mapping[str, Mapping[str, TaskMetrics]]) -> str:
-    width = max([10, *(len(t) + 1 for t in results)])
-    lines = [f"{'task':<{width}} {'scores':<11} {'ECE':>7} {'MCE':>7} {'Brier':>7} {'log-loss':>9}"]
-    for task, pair in results.items():
-        for kind, m in pair.items():
-            lines.append(f"{task:<{width}} {kind:<11} {m.ece:7.4f} {m.mce:7.4f} {m.brier:7.4f} {m.log_loss:9.4f}")
-    return "\n".join(lines)
+    return metrics_table(results, ("ece", "mce", "brier", "log_loss"))
 
 
 # -- publish: a new calibrator version, live -----------------------------------
@@ -247,10 +246,7 @@ def publish(bundle_dir: Path, repository: Path, url: str | None = None, timeout_
     staging = step_dir / f".staging-{version}"
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir()
-    (staging / "model.py").write_text(model_py_source(contract.CALIBRATOR), encoding="utf-8")
-    shutil.copyfile(bundle.root / MANIFEST_FILE, staging / MANIFEST_FILE)
-    shutil.copytree(bundle.root / CALIBRATION_DIR, staging / CALIBRATION_DIR)
+    write_step_version(bundle, contract.CALIBRATOR, staging)
     staging.rename(step_dir / str(version))  # appears whole: the server never sees a half-written version
     if url:
         import tritonclient.http as httpclient

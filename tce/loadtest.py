@@ -67,17 +67,18 @@ def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | 
         grpc_url: str | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+
+    def drive(http: str, grpc: str) -> int:
+        warm_up(http, grpc, config.protocols)
+        return subprocess.run(locust_command(config, http, grpc), env=env).returncode
+
     if http_url and grpc_url:
-        warm_up(http_url, grpc_url, config.protocols)
-        return subprocess.run(locust_command(config, http_url, grpc_url), env=env).returncode
+        return drive(http_url, grpc_url)
     from .server import EmbeddedServer, ServerConfig, free_ports
 
     if repository is None:
         raise ValueError("give a repository to serve, or both --http-url and --grpc-url")
-    ports = free_ports()
-    with EmbeddedServer(ServerConfig(Path(repository), *ports)) as server:
+    with EmbeddedServer(ServerConfig(Path(repository), *free_ports())) as server:
         print(f"embedded Triton serving {repository} (HTTP {server.config.http_url}, gRPC {server.config.grpc_url})",
               flush=True)
-        warm_up(server.config.http_url, server.config.grpc_url, config.protocols)
-        return subprocess.run(locust_command(config, server.config.http_url, server.config.grpc_url),
-                              env=env).returncode
+        return drive(server.config.http_url, server.config.grpc_url)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -57,3 +58,19 @@ def task_metrics(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) 
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
     return TaskMetrics(auroc=float(auroc), ece=float((gaps * counts[used]).sum() / counts.sum()),
                        mce=float(gaps.max()), brier=brier, log_loss=float(-np.log(picked).mean()))
+
+
+_HEADERS = {"auroc": ("AUROC", 7), "ece": ("ECE", 7), "mce": ("MCE", 7), "brier": ("Brier", 7),
+            "log_loss": ("log-loss", 9)}
+
+
+def metrics_table(results: Mapping[str, Mapping[str, TaskMetrics]], fields: Sequence[str]) -> str:
+    """One line per task and score kind (raw, calibrated) with the chosen metrics."""
+    width = max([10, *(len(task) + 1 for task in results)])
+    header = " ".join(f"{_HEADERS[f][0]:>{_HEADERS[f][1]}}" for f in fields)
+    lines = [f"{'task':<{width}} {'scores':<11} {header}"]
+    for task, pair in results.items():
+        for kind, metrics in pair.items():
+            values = " ".join(f"{getattr(metrics, f):{_HEADERS[f][1]}.4f}" for f in fields)
+            lines.append(f"{task:<{width}} {kind:<11} {values}")
+    return "\n".join(lines)

@@ -257,6 +257,28 @@ def model_py_source(step: str) -> str:
             f"from tce_backends.triton.models import {MODEL_PY[step]} as TritonPythonModel  # noqa: F401\n")
 
 
+# What each Python-backend step's version directory holds beside model.py and manifest.json.
+STEP_ARTIFACTS: Mapping[str, tuple[str, ...]] = {
+    contract.TEXT_TOKENIZER: (TEXT_DIR,),
+    contract.TABULAR_PREPROCESSOR: (TABULAR_DIR,),
+    contract.MULTIMODAL_MODEL: (MODEL_FILE,),
+    contract.CALIBRATOR: (CALIBRATION_DIR,),
+}
+
+
+def write_step_version(bundle: Bundle, step: str, version_dir: Path) -> None:
+    """One step's version directory: the model.py shell, the manifest and the step's bundle parts."""
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.py").write_text(model_py_source(step), encoding="utf-8")
+    shutil.copyfile(bundle.root / MANIFEST_FILE, version_dir / MANIFEST_FILE)
+    for part in STEP_ARTIFACTS[step]:
+        source = bundle.root / part
+        if source.is_dir():
+            shutil.copytree(source, version_dir / part)
+        elif source.exists():
+            shutil.copyfile(source, version_dir / part)
+
+
 def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions = RepositoryOptions(),
                      version: int = 1) -> Path:
     """Write configs, model.py shells and each step's artifacts. Existing version
@@ -267,25 +289,11 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    artifacts: Mapping[str, Sequence[str]] = {
-        contract.TEXT_TOKENIZER: (TEXT_DIR,),
-        contract.TABULAR_PREPROCESSOR: (TABULAR_DIR,),
-        contract.MULTIMODAL_MODEL: (MODEL_FILE,),
-        contract.CALIBRATOR: (CALIBRATION_DIR,),
-    }
-    for step, parts in artifacts.items():
+    for step in STEP_ARTIFACTS:
         version_dir = out / step / str(version)
         if version_dir.exists():
             shutil.rmtree(version_dir)
-        version_dir.mkdir(parents=True)
-        (version_dir / "model.py").write_text(model_py_source(step), encoding="utf-8")
-        shutil.copyfile(bundle.root / MANIFEST_FILE, version_dir / MANIFEST_FILE)
-        for part in parts:
-            source = bundle.root / part
-            if source.is_dir():
-                shutil.copytree(source, version_dir / part)
-            elif source.exists():
-                shutil.copyfile(source, version_dir / part)
+        write_step_version(bundle, step, version_dir)
     (out / options.ensemble_name / str(version)).mkdir(parents=True, exist_ok=True)
     (out / options.ensemble_name / str(version) / ".gitkeep").touch()
     return out

@@ -26,12 +26,21 @@ from tce_backends.text import TextFieldConfig, TextPreprocessor
 
 from . import demo_data
 from .calibration_fit import FitMethod, fit_task
-from .metrics import TaskMetrics, task_metrics
+from .metrics import TaskMetrics, metrics_table, task_metrics
 from .modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
 
 EncoderChoice = Literal["minilm", "tiny"]
 TaskSet = Literal["abuse_reason", "abuse", "reason", "score_fields"]
-TASK_SETS: tuple[str, ...] = ("abuse_reason", "abuse", "reason", "score_fields")
+_ABUSE = TaskSpec("abuse", "binary", demo_data.ABUSE_CLASSES)
+_REASON = TaskSpec("reason", "multiclass", demo_data.REASONS)
+DEMO_TASK_SETS: dict[str, tuple[TaskSpec, ...]] = {
+    "abuse_reason": (_ABUSE, _REASON),
+    "abuse": (_ABUSE,),
+    "reason": (_REASON,),
+    "score_fields": (_ABUSE, TaskSpec("payment_fraud", "binary", ("no", "yes")),
+                     TaskSpec("item_not_received", "binary", ("no", "yes"))),
+}
+TASK_SETS: tuple[str, ...] = tuple(DEMO_TASK_SETS)
 FULL_STEPS = ("dialogue_splitter", "html_normalizer", "emoji_remover", "text_normalizer", "dialogue_chunker",
               "tokenizer")
 EVENT_STEPS = ("text_normalizer", "tokenizer")
@@ -69,13 +78,7 @@ class BuildReport:
     metrics: dict[str, dict[str, TaskMetrics]] = field(default_factory=dict)  # task -> {"raw","calibrated"}
 
     def table(self) -> str:
-        width = max([10, *(len(task) + 1 for task in self.metrics)])
-        lines = [f"{'task':<{width}} {'scores':<11} {'AUROC':>7} {'ECE':>7} {'Brier':>7} {'log-loss':>9}"]
-        for task, pair in self.metrics.items():
-            for kind, m in pair.items():
-                lines.append(f"{task:<{width}} {kind:<11} {m.auroc:7.4f} {m.ece:7.4f} {m.brier:7.4f} "
-                             f"{m.log_loss:9.4f}")
-        return "\n".join(lines)
+        return metrics_table(self.metrics, ("auroc", "ece", "brier", "log_loss"))
 
     def to_json(self) -> str:
         return json.dumps({"bundle": str(self.bundle), "seconds": round(self.seconds, 1),
@@ -86,16 +89,7 @@ class BuildReport:
 def demo_tasks(task_set: TaskSet = "abuse_reason") -> tuple[TaskSpec, ...]:
     """The demo's task lists: both labels (default), one of them, or three binary
     score fields (the seed's multi-task mode)."""
-    abuse = TaskSpec("abuse", "binary", demo_data.ABUSE_CLASSES)
-    reason = TaskSpec("reason", "multiclass", demo_data.REASONS)
-    sets = {
-        "abuse_reason": (abuse, reason),
-        "abuse": (abuse,),
-        "reason": (reason,),
-        "score_fields": (abuse, TaskSpec("payment_fraud", "binary", ("no", "yes")),
-                         TaskSpec("item_not_received", "binary", ("no", "yes"))),
-    }
-    return sets[task_set]
+    return DEMO_TASK_SETS[task_set]
 
 
 def task_labels(task: TaskSpec, frame: pd.DataFrame) -> np.ndarray:

@@ -148,7 +148,7 @@ class CalibratorStep:
         result = self.calibrator.apply(probabilities)
         out: Tensors = {}
         for task in self.calibrator.tasks:
-            out[contract.raw_output(task.name)] = result.raw[task.name].astype(np.float32)
+            out[contract.raw_output(task.name)] = result.raw[task.name].astype(np.float32, copy=False)
             out[contract.calibrated_output(task.name)] = result.calibrated[task.name].astype(np.float32)
             out[contract.label_output(task.name)] = self._class_names[task.name][result.labels[task.name]][:, None]
         batch = probabilities.shape[0]

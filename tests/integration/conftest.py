@@ -30,14 +30,18 @@ class RunningServer:
         return self.config.grpc_url
 
 
+def start_server(repository: Path, explicit: bool = False) -> EmbeddedServer:
+    """An embedded server on free ports (explicit model control loads every model at start)."""
+    config = ServerConfig(repository, *free_ports(), model_control_mode="explicit" if explicit else "none",
+                          load_models=("*",) if explicit else ())
+    return EmbeddedServer(config, log_path=repository.parent / f"{repository.name}-tritonserver.log").start()
+
+
 def _serve(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[RunningServer]:
     repository = write_repository(bundle, tmp_path_factory.mktemp(f"repository_{name}"))
-    http_port, grpc_port, metrics_port = free_ports()
-    config = ServerConfig(repository, http_port, grpc_port, metrics_port)
-    server = EmbeddedServer(config, log_path=repository.parent / f"{name}-tritonserver.log")
-    server.start()
+    server = start_server(repository)
     try:
-        yield RunningServer(server, config, bundle, repository)
+        yield RunningServer(server, server.config, bundle, repository)
     finally:
         server.stop()
 

@@ -6,7 +6,6 @@ import shutil
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,19 +13,13 @@ import pytest
 from tce.calibrate import publish
 from tce.repository import write_repository
 from tce.seed_import import import_seed
-from tce.server import EmbeddedServer, ServerConfig, free_ports
+from tce.server import EmbeddedServer
 from tce_backends.bundle import Bundle
 from tce_client import CalibratedClassifierClient
+from tests.integration.conftest import start_server
 from tests.seed_layout import seed_calibrated, write_seed
 
 pytestmark = pytest.mark.integration
-
-
-def _start(repository: Path, explicit: bool = False) -> EmbeddedServer:
-    ports = free_ports()
-    config = ServerConfig(repository, *ports, model_control_mode="explicit" if explicit else "none",
-                          load_models=("*",) if explicit else ())
-    return EmbeddedServer(config, log_path=repository.parent / f"{repository.name}.log").start()
 
 
 def _served(server: EmbeddedServer, records) -> list:
@@ -48,7 +41,7 @@ def test_imported_seed_serves_seed_calibration(kind, bundle_fixture, request, tm
     bundle = request.getfixturevalue(bundle_fixture)
     tables = write_seed(bundle, tmp_path / "seed", kind)
     imported = Bundle.load(import_seed(tmp_path / "seed", tmp_path / "bundle").bundle)
-    server = _start(write_repository(imported, tmp_path / "repository"))
+    server = start_server(write_repository(imported, tmp_path / "repository"))
     try:
         predictions = _served(server, varied_records[:120])
     finally:
@@ -64,7 +57,7 @@ def test_calibration_swaps_live_under_load(binary_bundle, tmp_path, varied_recor
     second = Bundle.load(import_seed(tmp_path / "seed_percentile", tmp_path / "bundle_percentile").bundle)
     assert first.calibrator.version != second.calibrator.version
     repository = write_repository(first, tmp_path / "repository")
-    server = _start(repository, explicit=True)
+    server = start_server(repository, explicit=True)
     records = varied_records[:20]
     tasks = first.manifest.tasks
     try:
@@ -116,7 +109,7 @@ def test_broken_calibration_falls_back_visibly(binary_bundle, tmp_path, varied_r
     shutil.copytree(binary_bundle.root, broken)
     repository = write_repository(Bundle.load(broken), tmp_path / "repository")
     (repository / "calibrator" / "1" / "calibration" / "abuse_class_1.npy").write_bytes(b"corrupt")
-    server = _start(repository)
+    server = start_server(repository)
     try:
         predictions = _served(server, varied_records[:10])
         for p in predictions:
