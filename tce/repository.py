@@ -1,9 +1,11 @@
 """Bundle -> Triton model repository.
 
-Every config is generated from the bundle's manifest and text settings:
+Every config is generated from the bundle's manifest and text settings. The
+ensemble is a chain, and only its first step sees what a caller sends:
 
-    text_tokenizer/        python   raw strings -> token ids + masks per text field
-    tabular_preprocessor/  python   raw features -> float32 features in model order
+    preprocessor/          python   validates every caller input; text pipeline and
+                                    tokenizer per text field, tabular features;
+                                    one request per execution
     multimodal_model/      python host (config.pbtxt) and libtorch host
                            (configs/libtorch.pbtxt, selected with
                            ``tritonserver --model-config-name=libtorch``), one model.pt
@@ -11,7 +13,9 @@ Every config is generated from the bundle's manifest and text settings:
     <ensemble>/            ensemble wiring every input and output
 
 Both hosts of ``model.pt`` are rendered from one ``StepConfig`` that differs only in
-backend, instance kind and warm-up, so they cannot drift apart.
+backend, instance kind and warm-up, so they cannot drift apart. Every step's queue is
+bounded (size and wait), so overload is refused at once with UNAVAILABLE instead of
+queueing without end.
 """
 from __future__ import annotations
 
@@ -29,8 +33,7 @@ from tce_client.schema import SCHEMA_PARAMETER, EnsembleSchema, TaskInfo
 
 LIBTORCH_CONFIG_NAME = "libtorch"
 MODEL_PY = {
-    contract.TEXT_TOKENIZER: "TextTokenizerModel",
-    contract.TABULAR_PREPROCESSOR: "TabularPreprocessorModel",
+    contract.PREPROCESSOR: "PreprocessorModel",
     contract.MULTIMODAL_MODEL: "MultimodalModel",
     contract.CALIBRATOR: "CalibratorModel",
 }
@@ -44,13 +47,39 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """One step's dynamic batcher and its bounded queue.
+
+    ``one_request_per_execution`` sets ``preferred_batch_size: [1]`` with no queue
+    delay: Triton's batcher then closes every batch after its first request, whatever
+    its row count, so the step gets the batcher's queue policy without ever merging
+    two callers' requests (see ``docs/security.md``).
+    """
+
+    max_queue_delay_us: int
+    max_queue_size: int
+    queue_timeout_us: int
+    one_request_per_execution: bool = False
+
+    def render(self) -> list[str]:
+        lines = ["dynamic_batching {"]
+        if self.one_request_per_execution:
+            lines.append("  preferred_batch_size: [ 1 ]")
+        lines += [f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
+                  "  default_queue_policy {", "    timeout_action: REJECT",
+                  f"    default_timeout_microseconds: {self.queue_timeout_us}",
+                  f"    max_queue_size: {self.max_queue_size}", "  }", "}"]
+        return lines
+
+
+@dataclass(frozen=True)
 class StepConfig:
     name: str
     backend: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
-    max_queue_delay_us: int
+    batching: Batching
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
     parameters: tuple[tuple[str, str], ...] = ()
@@ -59,8 +88,8 @@ class StepConfig:
     def render(self) -> str:
         lines = [f'name: "{self.name}"', f'backend: "{self.backend}"', f"max_batch_size: {self.max_batch_size}"]
         lines += _tensors("input", self.inputs) + _tensors("output", self.outputs)
-        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {self.max_queue_delay_us}", "}",
-                  "instance_group [", f"  {{ kind: {self.instance_kind} count: {self.instance_count} }}", "]"]
+        lines += self.batching.render()
+        lines += ["instance_group [", f"  {{ kind: {self.instance_kind} count: {self.instance_count} }}", "]"]
         lines += _parameters(self.parameters)
         if self.warmup:
             lines += _warmup(self.inputs)
@@ -110,14 +139,22 @@ class RepositoryOptions:
     model_queue_delay_us: int = 2000
     model_instances: int = 1
     model_threads: int = 0  # 0: torch's default
+    preprocessor_instances: int = 2
+    # Overload is refused, not queued: requests beyond these wait limits or queue sizes
+    # fail at once with UNAVAILABLE ("Exceeds maximum queue size" / "Request timeout expired").
+    queue_timeout_ms: int = 5000
+    max_queue_size: int = 128        # requests, per Python step
+    model_max_queue_size: int = 32   # requests; the model is the slow step
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_size <= 4096:
             raise ValueError(f"max_batch_size must be in [1, 4096], got {self.max_batch_size}")
         if self.python_queue_delay_us < 0 or self.model_queue_delay_us < 0:
             raise ValueError("queue delays must be >= 0")
-        if self.model_instances < 1:
-            raise ValueError(f"model_instances must be >= 1, got {self.model_instances}")
+        for name in ("model_instances", "preprocessor_instances", "queue_timeout_ms", "max_queue_size",
+                     "model_max_queue_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.ensemble_name or self.ensemble_name in MODEL_PY:
             raise ValueError(f"ensemble_name {self.ensemble_name!r} is empty or names a step")
 
@@ -193,8 +230,7 @@ def schema_for(manifest: Manifest) -> EnsembleSchema:
 
 @dataclass(frozen=True)
 class RepositoryConfigs:
-    tokenizer: StepConfig
-    tabular: StepConfig
+    preprocessor: StepConfig
     model_python: StepConfig
     model_libtorch: StepConfig
     calibrator: StepConfig
@@ -203,8 +239,7 @@ class RepositoryConfigs:
     def files(self) -> dict[str, str]:
         """Relative path -> config text."""
         return {
-            f"{contract.TEXT_TOKENIZER}/config.pbtxt": self.tokenizer.render(),
-            f"{contract.TABULAR_PREPROCESSOR}/config.pbtxt": self.tabular.render(),
+            f"{contract.PREPROCESSOR}/config.pbtxt": self.preprocessor.render(),
             f"{contract.MULTIMODAL_MODEL}/config.pbtxt": self.model_python.render(),
             f"{contract.MULTIMODAL_MODEL}/configs/{LIBTORCH_CONFIG_NAME}.pbtxt": self.model_libtorch.render(),
             f"{contract.CALIBRATOR}/config.pbtxt": self.calibrator.render(),
@@ -216,40 +251,36 @@ def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
                  options: RepositoryOptions = RepositoryOptions()) -> RepositoryConfigs:
     if tuple(f.name for f in text_fields) != manifest.text_fields:
         raise ValueError("text field settings do not match the manifest's text fields")
-    batch, py_delay = options.max_batch_size, options.python_queue_delay_us
+    batch = options.max_batch_size
+    timeout_us = options.queue_timeout_ms * 1000
+    python_batching = Batching(options.python_queue_delay_us, options.max_queue_size, timeout_us)
     raw_inputs = _raw_input_specs(manifest)
-    text_inputs = [s for s in raw_inputs if s.name in manifest.text_fields]
-    tabular_inputs = [s for s in raw_inputs if s.name not in manifest.text_fields]
     token_specs = _token_specs(text_fields)
     tabular_spec = TensorSpec(contract.tabular_tensor_name(manifest.text_fields), "TYPE_FP32",
                               (len(manifest.features.names),))
     probabilities = TensorSpec(contract.PROBABILITIES, "TYPE_FP32", (total_classes(manifest.tasks),))
     task_outputs = _task_output_specs(manifest)
 
-    tokenizer = StepConfig(contract.TEXT_TOKENIZER, "python", tuple(text_inputs), tuple(token_specs), batch, py_delay)
-    tabular = StepConfig(contract.TABULAR_PREPROCESSOR, "python", tuple(tabular_inputs), (tabular_spec,), batch,
-                         py_delay)
+    preprocessor = StepConfig(
+        contract.PREPROCESSOR, "python", tuple(raw_inputs), (*token_specs, tabular_spec), batch,
+        Batching(0, options.max_queue_size, timeout_us, one_request_per_execution=True),
+        instance_count=options.preprocessor_instances)
     model_python = StepConfig(
         contract.MULTIMODAL_MODEL, "python", (*token_specs, tabular_spec), (probabilities,), batch,
-        options.model_queue_delay_us, instance_count=options.model_instances,
+        Batching(options.model_queue_delay_us, options.model_max_queue_size, timeout_us),
+        instance_count=options.model_instances,
         parameters=(("device", "auto"), ("num_threads", str(options.model_threads))))
     model_libtorch = replace(model_python, backend="pytorch", instance_kind="KIND_GPU", warmup=True,
                              parameters=(("INFERENCE_MODE", "true"), ("DISABLE_OPTIMIZED_EXECUTION", "false")))
-    calibrator = StepConfig(contract.CALIBRATOR, "python", (probabilities,), tuple(task_outputs), batch, py_delay)
+    calibrator = StepConfig(contract.CALIBRATOR, "python", (probabilities,), tuple(task_outputs), batch,
+                            python_batching)
 
-    steps = (
-        EnsembleStep(contract.TEXT_TOKENIZER, tuple((s.name, s.name) for s in text_inputs),
-                     tuple((s.name, s.name) for s in token_specs)),
-        EnsembleStep(contract.TABULAR_PREPROCESSOR, tuple((s.name, s.name) for s in tabular_inputs),
-                     ((tabular_spec.name, tabular_spec.name),)),
-        EnsembleStep(contract.MULTIMODAL_MODEL, tuple((s.name, s.name) for s in (*token_specs, tabular_spec)),
-                     ((probabilities.name, probabilities.name),)),
-        EnsembleStep(contract.CALIBRATOR, ((probabilities.name, probabilities.name),),
-                     tuple((s.name, s.name) for s in task_outputs)),
-    )
+    steps = tuple(EnsembleStep(step.name, tuple((t.name, t.name) for t in step.inputs),
+                               tuple((t.name, t.name) for t in step.outputs))
+                  for step in (preprocessor, model_python, calibrator))
     ensemble = EnsembleConfig(options.ensemble_name, tuple(raw_inputs), tuple(task_outputs), batch, steps,
                               parameters=((SCHEMA_PARAMETER, schema_for(manifest).to_json()),))
-    return RepositoryConfigs(tokenizer, tabular, model_python, model_libtorch, calibrator, ensemble)
+    return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble)
 
 
 def model_py_source(step: str) -> str:
@@ -259,8 +290,7 @@ def model_py_source(step: str) -> str:
 
 # What each Python-backend step's version directory holds beside model.py and manifest.json.
 STEP_ARTIFACTS: Mapping[str, tuple[str, ...]] = {
-    contract.TEXT_TOKENIZER: (TEXT_DIR,),
-    contract.TABULAR_PREPROCESSOR: (TABULAR_DIR,),
+    contract.PREPROCESSOR: (TEXT_DIR, TABULAR_DIR),
     contract.MULTIMODAL_MODEL: (MODEL_FILE,),
     contract.CALIBRATOR: (CALIBRATION_DIR,),
 }

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-# Model-repository step names.
-TEXT_TOKENIZER = "text_tokenizer"
-TABULAR_PREPROCESSOR = "tabular_preprocessor"
+# Model-repository step names, in ensemble order (a chain: each step feeds the next).
+PREPROCESSOR = "preprocessor"
 MULTIMODAL_MODEL = "multimodal_model"
 CALIBRATOR = "calibrator"
 DEFAULT_ENSEMBLE = "calibrated_ensemble"

@@ -14,10 +14,12 @@ class BundleError(ValueError):
 class InputError(ValueError):
     """A request carries a value the ensemble cannot use.
 
-    Raised per request, so the Triton step fails that request alone.
+    Raised per request, so the Triton step fails that request alone (with Triton's
+    invalid-argument code: HTTP 400, gRPC INVALID_ARGUMENT).
     """
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"input '{field}': {problem}")
-        self.field = field
-        self.problem = problem
+    def __init__(self, field: str, problem: str, row: int | None = None, column: str | None = None) -> None:
+        where = ", ".join(part for part in (f"column '{column}'" if column else "",
+                                            f"row {row}" if row is not None else "") if part)
+        super().__init__(f"input '{field}'{f' ({where})' if where else ''}: {problem}")
+        self.field, self.problem, self.row, self.column = field, problem, row, column

@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .bundle import Bundle
-from .steps import CalibratorStep, ModelStep, TabularStep, Tensors, TokenizerStep
+from .steps import CalibratorStep, ModelStep, PreprocessStep, Tensors
 from .tasks import total_classes
 
 
@@ -16,20 +16,16 @@ class ReferencePipeline:
         if model is None:
             from .model_runner import ModelRunner
             model = ModelRunner(bundle.model_path, device="cpu")
-        fields = bundle.manifest.text_fields
-        self.tokenizer = TokenizerStep(bundle.text)
-        self.tabular = TabularStep(bundle.tabular, fields)
-        self.model = ModelStep(model, fields, total_classes(bundle.manifest.tasks))
+        self.preprocessor = PreprocessStep(bundle.text, bundle.tabular)
+        self.model = ModelStep(model, bundle.manifest.text_fields, total_classes(bundle.manifest.tasks))
         self.calibrator = CalibratorStep(bundle.calibrator)
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return (*self.tokenizer.input_names, *self.tabular.input_names)
+        return self.preprocessor.input_names
 
     def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        tokens = self.tokenizer.run(self.tokenizer.validate(inputs))
-        tabular = self.tabular.run(self.tabular.validate(inputs))
-        return {**tokens, **tabular}
+        return self.preprocessor.run(self.preprocessor.validate(inputs))
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Ensemble inputs (as a client sends them) -> ensemble outputs."""

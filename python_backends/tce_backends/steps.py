@@ -1,9 +1,15 @@
-"""The four ensemble steps as plain numpy logic.
+"""The ensemble's three steps as plain numpy logic.
 
 Each step validates one request's tensors (``validate``, raising ``InputError``
 that names the field) and processes a whole batch of concatenated requests
 (``run``). The Triton ``model.py`` files and the in-process reference pipeline
 both drive these same objects.
+
+``PreprocessStep`` is the only step that sees caller tensors. It validates all of
+them before anything else runs, so the ensemble is a chain in which nothing runs
+beside a step that rejects a request (see ``docs/security.md``: Triton 2.51's
+ensemble deadlocks, leaks or frees inputs early when one of two parallel steps
+fails).
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import numpy as np
 from . import contract
 from .calibration import Calibrator
 from .errors import InputError
-from .tabular import TabularPreprocessor, decode_strings
+from .strings import decode_strings
+from .tabular import TabularPreprocessor
 from .text import TextPreprocessor
 
 Tensors = dict[str, np.ndarray]
@@ -58,7 +65,7 @@ class TokenizerStep:
                 values = values[:, None]
             if values.ndim != 2 or values.shape[1] != 1:
                 raise InputError(name, f"expected shape [batch, 1], got {list(values.shape)}")
-            out[name] = decode_strings(values, name)
+            out[name] = decode_strings(values, name, self.text.field(name).max_bytes, oversize="truncate")
         _batch_size(out)
         return out
 
@@ -96,6 +103,25 @@ class TabularStep:
         numeric = inputs.get(contract.NUMERIC_FEATURES, np.zeros((batch, 0)))
         categorical = inputs.get(contract.CATEGORICAL_FEATURES, np.zeros((batch, 0), dtype=np.str_))
         return {self.output_names[0]: self.tabular.transform(numeric, categorical)}
+
+
+class PreprocessStep:
+    """Every caller input -> token tensors per text field and the tabular matrix."""
+
+    def __init__(self, text: TextPreprocessor, tabular: TabularPreprocessor) -> None:
+        fields = tuple(f.name for f in text.fields)
+        self.tokenizer = TokenizerStep(text)
+        self.tabular = TabularStep(tabular, fields)
+        self.input_names = (*self.tokenizer.input_names, *self.tabular.input_names)
+        self.output_names = (*self.tokenizer.output_names, *self.tabular.output_names)
+
+    def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        out = {**self.tokenizer.validate(inputs), **self.tabular.validate(inputs)}
+        _batch_size(out)
+        return out
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        return {**self.tokenizer.run(inputs), **self.tabular.run(inputs)}
 
 
 class ModelStep:

@@ -11,11 +11,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from .errors import BundleError, InputError
 from .features import FeatureLayout
-from .contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from .strings import decode_strings
 
 TABULAR_FILE = "tabular.json"
+# Categories longer than this cannot be real (risk-table keys are short labels); refusing
+# them early keeps a hostile request from costing memory. Longer keys raise the limit.
+MAX_CATEGORY_BYTES = 1024
+# Finite values beyond float32 would become inf in the model's float32 input.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class TabularPreprocessor:
         self._impute_row = np.array([self.imputation[n] for n in layout.numeric_names], dtype=np.float64)
         self._numeric_columns = layout.numeric_columns
         self._categorical_columns = layout.categorical_columns
+        longest_key = max((len(k.encode("utf-8")) for t in self.risk_tables.values() for k in t.bins), default=0)
+        self.max_category_bytes = max(MAX_CATEGORY_BYTES, longest_key)
 
     # -- validation of one request's arrays (cheap, vectorised) ---------------
     def validate_numeric(self, numeric: np.ndarray) -> np.ndarray:
@@ -80,10 +88,14 @@ class TabularPreprocessor:
         if numeric.dtype.kind not in "fiu":
             raise InputError(NUMERIC_FEATURES, f"expected float64 values, got dtype {numeric.dtype}")
         numeric = numeric.astype(np.float64, copy=False)
-        infinite = np.isinf(numeric)
-        if infinite.any():
-            columns = sorted({self.layout.numeric_names[c] for c in np.nonzero(infinite)[1]})
-            raise InputError(NUMERIC_FEATURES, f"infinite value for {columns}; send NaN for a missing value")
+        with np.errstate(invalid="ignore"):
+            out_of_range = np.abs(numeric) > FLOAT32_MAX
+        if out_of_range.any():
+            row, column = (int(i) for i in np.argwhere(out_of_range)[0])
+            value = numeric[row, column]
+            problem = (f"infinite value {value}; send NaN for a missing value" if np.isinf(value) else
+                       f"{value:g} is outside the float32 range (±{FLOAT32_MAX:.4g}) the model computes in")
+            raise InputError(NUMERIC_FEATURES, problem, row=row, column=self.layout.numeric_names[column])
         return numeric
 
     def validate_categorical(self, categorical: np.ndarray) -> np.ndarray:
@@ -92,7 +104,8 @@ class TabularPreprocessor:
             raise InputError(CATEGORICAL_FEATURES, f"expected shape [batch, {expected}] "
                                                    f"({', '.join(self.layout.categorical_names)}), "
                                                    f"got {list(categorical.shape)}")
-        return decode_strings(categorical, CATEGORICAL_FEATURES)
+        return decode_strings(categorical, CATEGORICAL_FEATURES, self.max_category_bytes, oversize="reject",
+                              columns=self.layout.categorical_names)
 
     # -- the batch transform ---------------------------------------------------
     def transform(self, numeric: np.ndarray, categorical: np.ndarray) -> np.ndarray:
@@ -132,26 +145,3 @@ class TabularPreprocessor:
             raise BundleError("tabular", f"malformed {path}: {exc!r}") from None
         return cls(layout, imputation, tables)
 
-
-def decode_strings(values: np.ndarray, field_name: str) -> np.ndarray:
-    """Triton BYTES (object array of bytes) -> numpy str array; names the field and
-    row of any value that is not UTF-8."""
-    if values.dtype.kind == "U":
-        return values
-    if values.dtype.kind not in "OS":
-        raise InputError(field_name, f"expected strings (BYTES), got dtype {values.dtype}")
-    try:
-        as_bytes = values.astype(np.bytes_)
-        return np.char.decode(as_bytes, "utf-8") if as_bytes.size else as_bytes.astype(np.str_)
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        pass
-    except (TypeError, ValueError):  # an element that is neither bytes nor str
-        raise InputError(field_name, "expected strings (BYTES)") from None
-    decoded = []
-    for index, value in enumerate(values.reshape(-1)):  # slow path: mixed str/bytes, or a bad row to name
-        try:
-            decoded.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-        except UnicodeDecodeError:
-            row = np.unravel_index(index, values.shape)[0]
-            raise InputError(field_name, f"row {row} is not valid UTF-8") from None
-    return np.array(decoded, dtype=np.str_).reshape(values.shape)

@@ -25,6 +25,7 @@ from .errors import BundleError
 
 TEXT_FILE = "text.json"
 TOKENIZER_FILE = "tokenizer.json"
+CHARS_PER_TOKEN_BOUND = 32
 
 # U+E000 (private use) never survives input sanitising, so it can join a batch.
 _SEP = "\ue000"
@@ -136,6 +137,18 @@ class TextFieldConfig:
         """Text tokens kept per record (each chunk also holds [CLS] and [SEP])."""
         return self.max_chunks * (self.max_length - 2)
 
+    @property
+    def max_chars(self) -> int:
+        """Characters cleaned per text: far more than ``max_tokens`` tokens ever need,
+        while bounding regex work on pathological inputs."""
+        return self.max_tokens * CHARS_PER_TOKEN_BOUND
+
+    @property
+    def max_bytes(self) -> int:
+        """Bytes of a caller's text that are decoded at all (4 per character at most),
+        so capping here never changes what the model sees."""
+        return self.max_chars * 4
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "steps": list(self.steps), "max_length": self.max_length,
                 "max_chunks": self.max_chunks}
@@ -196,7 +209,7 @@ class TextPreprocessor:
 
     def encode(self, field_name: str, texts: Sequence[str]) -> TokenizedText:
         config = self.field(field_name)
-        cleaned = clean_batch(texts, config.steps, max_chars=config.max_tokens * 32)
+        cleaned = clean_batch(texts, config.steps, max_chars=config.max_chars)
         return self._tokenize(cleaned, config)
 
     def _tokenize(self, texts: Sequence[str], config: TextFieldConfig) -> TokenizedText:

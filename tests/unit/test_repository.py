@@ -32,8 +32,8 @@ def test_checked_in_model_py_files_are_the_thin_shells():
 def test_python_and_libtorch_hosts_agree_on_everything_but_the_host():
     configs = demo_configs()
     python, libtorch = configs.model_python, configs.model_libtorch
-    assert (python.inputs, python.outputs, python.max_batch_size, python.max_queue_delay_us) == \
-           (libtorch.inputs, libtorch.outputs, libtorch.max_batch_size, libtorch.max_queue_delay_us)
+    assert (python.inputs, python.outputs, python.max_batch_size, python.batching) == \
+           (libtorch.inputs, libtorch.outputs, libtorch.max_batch_size, libtorch.batching)
     assert (python.backend, libtorch.backend) == ("python", "pytorch")
     assert libtorch.instance_kind == "KIND_GPU" and libtorch.warmup
     # libtorch maps tensors to forward() arguments by the __<index> suffix, in order.
@@ -55,25 +55,46 @@ def test_ensemble_wires_every_input_and_output():
     assert {"abuse_raw", "abuse_calibrated", "reason_raw", "reason_calibrated"} <= outputs
     assert all(step.model_name in MODEL_PY for step in ensemble.steps)
     # every step config's inputs and outputs are exactly what the ensemble maps
-    by_name = {c.name: c for c in (configs.tokenizer, configs.tabular, configs.model_python, configs.calibrator)}
+    by_name = {c.name: c for c in (configs.preprocessor, configs.model_python, configs.calibrator)}
     for step in ensemble.steps:
         config = by_name[step.model_name]
         assert {k for k, _ in step.input_map} == {t.name for t in config.inputs}
         assert {k for k, _ in step.output_map} == {t.name for t in config.outputs}
 
 
-def test_dynamic_batching_on_every_step():
-    for relative, text in demo_configs().files().items():
-        if "ensemble" not in text:
-            assert "dynamic_batching" in text, relative
+def test_the_ensemble_is_a_chain_whose_first_step_takes_every_caller_input():
+    """Triton 2.51's ensemble misbehaves when one of two parallel steps fails (deadlock,
+    leaked request, inputs freed early): no step may run beside the one that validates."""
+    ensemble = demo_configs().ensemble
+    caller_inputs = {t.name for t in ensemble.inputs}
+    first, *rest = ensemble.steps
+    assert first.model_name == contract.PREPROCESSOR
+    assert {value for _, value in first.input_map} == caller_inputs
+    previous = {value for _, value in first.output_map}
+    for step in rest:
+        assert {value for _, value in step.input_map} <= previous, f"{step.model_name} reads past its predecessor"
+        previous = {value for _, value in step.output_map}
+
+
+def test_every_step_has_a_bounded_queue_and_the_entry_step_never_merges_requests():
+    configs = demo_configs()
+    for relative, text in configs.files().items():
         assert "max_batch_size: 64" in text, relative
+        if "ensemble_scheduling" not in text:
+            assert "dynamic_batching" in text and "timeout_action: REJECT" in text, relative
+            assert "max_queue_size:" in text and "default_timeout_microseconds:" in text, relative
+    entry = configs.preprocessor.batching
+    assert entry.one_request_per_execution and entry.max_queue_delay_us == 0
+    assert "preferred_batch_size: [ 1 ]" in configs.preprocessor.render()
+    assert not configs.model_python.batching.one_request_per_execution
 
 
 def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
     out = write_repository(bimodal_bundle, tmp_path / "repo")
     assert (out / contract.MULTIMODAL_MODEL / "1" / "model.pt").is_file()
     assert (out / contract.MULTIMODAL_MODEL / "configs" / f"{LIBTORCH_CONFIG_NAME}.pbtxt").is_file()
-    assert (out / contract.TEXT_TOKENIZER / "1" / "text" / "tokenizer.json").is_file()
+    assert (out / contract.PREPROCESSOR / "1" / "text" / "tokenizer.json").is_file()
+    assert (out / contract.PREPROCESSOR / "1" / "tabular" / "tabular.json").is_file()
     assert (out / contract.CALIBRATOR / "1" / "calibration" / "calibration.json").is_file()
     assert (out / contract.DEFAULT_ENSEMBLE / "1").is_dir()
     assert not list(out.rglob("*.pkl"))
@@ -83,6 +104,9 @@ def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
     ({"max_batch_size": 0}, "max_batch_size"),
     ({"ensemble_name": "calibrator"}, "names a step"),
     ({"model_instances": 0}, "model_instances"),
+    ({"preprocessor_instances": 0}, "preprocessor_instances"),
+    ({"queue_timeout_ms": 0}, "queue_timeout_ms"),
+    ({"model_max_queue_size": 0}, "model_max_queue_size"),
 ])
 def test_options_are_validated_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):

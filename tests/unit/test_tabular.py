@@ -27,8 +27,21 @@ def test_unseen_and_missing_categories_get_default_bin(tabular):
 
 
 def test_validate_rejects_infinity_naming_the_feature(tabular):
-    with pytest.raises(InputError, match=r"numeric_features.*\['age'\]"):
+    with pytest.raises(InputError, match=r"numeric_features' \(column 'age', row 0\): infinite"):
         tabular.validate_numeric(np.array([[1.0, np.inf]]))
+
+
+@pytest.mark.parametrize("value", [1e308, -3.5e38, 3.41e38])
+def test_validate_rejects_finite_values_beyond_float32(tabular, value):
+    """They would become inf in the model's float32 input and flip labels."""
+    with pytest.raises(InputError, match=r"numeric_features' \(column 'amount', row 1\): .*float32 range"):
+        tabular.validate_numeric(np.array([[1.0, 2.0], [value, 2.0]]))
+
+
+def test_validate_keeps_nan_and_the_largest_float32(tabular):
+    largest = float(np.finfo(np.float32).max)
+    out = tabular.validate_numeric(np.array([[np.nan, largest]]))
+    assert np.isnan(out[0, 0]) and out[0, 1] == largest
 
 
 def test_validate_rejects_wrong_width(tabular):
@@ -39,8 +52,23 @@ def test_validate_rejects_wrong_width(tabular):
 
 
 def test_validate_names_non_utf8_row(tabular):
-    with pytest.raises(InputError, match="row 1 is not valid UTF-8"):
+    with pytest.raises(InputError, match=r"\(column 'payment', row 1\): not valid UTF-8"):
         tabular.validate_categorical(np.array([[b"card"], [b"\xff\xfe"]], dtype=object))
+
+
+def test_validate_refuses_oversized_categories(tabular):
+    """A 1 MB category cannot be a real one; refusing it keeps memory bounded."""
+    huge = np.array([[b"card"], [b"x" * 1_000_000]], dtype=object)
+    with pytest.raises(InputError, match=r"\(column 'payment', row 1\): 1000000 bytes, above the limit of 1024"):
+        tabular.validate_categorical(huge)
+
+
+def test_long_risk_table_keys_raise_the_category_limit():
+    layout = FeatureLayout.from_lists([], ["url"])
+    key = "https://example.com/" + "a" * 2000
+    tabular = TabularPreprocessor(layout, {}, {"url": RiskTable({key: 0.9}, 0.1)})
+    out = tabular.validate_categorical(np.array([[key.encode()]], dtype=object))
+    assert tabular.transform(np.zeros((1, 0)), out)[0, 0] == np.float32(0.9)
 
 
 def test_validate_decodes_bytes(tabular):

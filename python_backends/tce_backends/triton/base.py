@@ -1,9 +1,10 @@
 """A Triton Python model that runs one step on the whole list of requests.
 
 ``execute`` validates each request on its own (a bad one gets its own
-``TritonError`` naming the field), concatenates the good ones into one batch, runs
-the step once and splits the outputs back. If the merged batch fails unexpectedly,
-each request is retried alone so one poisoned request cannot fail its neighbours.
+``TritonError`` naming the field, with the invalid-argument code), concatenates the
+good ones into one batch, runs the step once and splits the outputs back. If the
+merged batch fails unexpectedly, each request is retried alone so one poisoned
+request cannot fail its neighbours.
 """
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ class StepModel:
             try:
                 accepted.append((index, self.step.validate(self._inputs(request))))
             except InputError as error:
-                responses[index] = self._error(str(error))
+                responses[index] = self._error(str(error), pb_utils.TritonError.INVALID_ARG)
             except Exception as error:  # noqa: BLE001 - never let one request crash the step
-                responses[index] = self._error(f"{self.name}: invalid request: {error}")
+                responses[index] = self._error(f"{self.name}: invalid request: {error}",
+                                               pb_utils.TritonError.INVALID_ARG)
         if accepted:
             try:
                 self._run_batch(accepted, responses)
@@ -61,7 +63,7 @@ class StepModel:
                     try:
                         self._run_batch([item], responses)
                     except InputError as error:
-                        responses[item[0]] = self._error(str(error))
+                        responses[item[0]] = self._error(str(error), pb_utils.TritonError.INVALID_ARG)
                     except Exception as error:  # noqa: BLE001
                         responses[item[0]] = self._error(f"{self.name}: failed: {error}")
         return responses
@@ -91,8 +93,9 @@ class StepModel:
         """Hook for per-batch bookkeeping (metrics)."""
 
     @staticmethod
-    def _error(message: str) -> Any:
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    def _error(message: str, code: Any = None) -> Any:
+        code = pb_utils.TritonError.INTERNAL if code is None else code
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
     def finalize(self) -> None:
         self.step = None  # type: ignore[assignment]

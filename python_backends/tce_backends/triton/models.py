@@ -1,4 +1,4 @@
-"""The four ``TritonPythonModel`` classes; each ``model.py`` in the repository
+"""The three ``TritonPythonModel`` classes; each ``model.py`` in the repository
 imports one of them and nothing else."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 
 from ..bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
 from ..calibration import Calibrator
-from ..steps import CalibratorStep, ModelStep, Step, TabularStep, Tensors, TokenizerStep
+from ..steps import CalibratorStep, ModelStep, PreprocessStep, Step, Tensors
 from ..tabular import TabularPreprocessor
 from ..tasks import total_classes
 from ..text import TextPreprocessor
@@ -21,14 +21,14 @@ def _parameter(model: StepModel, key: str, default: str) -> str:
     return model.model_config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-class TextTokenizerModel(StepModel):
-    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        return TokenizerStep(TextPreprocessor.load(version_dir / TEXT_DIR))
+class PreprocessorModel(StepModel):
+    """The ensemble's entry: validates every caller input, then text pipeline,
+    tokenizer and tabular preprocessing. Its config runs one request per execution,
+    so a request Triton itself fails (malformed BYTES) never shares a batch."""
 
-
-class TabularPreprocessorModel(StepModel):
     def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        return TabularStep(TabularPreprocessor.load(version_dir / TABULAR_DIR), manifest.text_fields)
+        return PreprocessStep(TextPreprocessor.load(version_dir / TEXT_DIR),
+                              TabularPreprocessor.load(version_dir / TABULAR_DIR))
 
 
 class MultimodalModel(StepModel):
