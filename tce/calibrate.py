@@ -30,6 +30,7 @@ from tce_backends.tasks import TaskSpec
 from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
 from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
 from .repository import write_step_version
+from .security import http_headers
 from .tables import read_frame, write_frame
 
 
@@ -95,7 +96,7 @@ def _labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
 # -- fit ---------------------------------------------------------------------------
 
 def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", points: int = DEFAULT_POINTS,
-        tasks: Sequence[str] = (), labels: Mapping[str, str] | None = None, version: str = "") -> Calibrator:
+        tasks: Sequence[str] = (), labels: Mapping[str, str] | None = None, label: str = "") -> Calibrator:
     """Fit the chosen tasks (default: all) and write the bundle's calibration/."""
     bundle = Bundle.load(bundle_dir)
     frame = read_frame(predictions)
@@ -111,7 +112,7 @@ def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", poi
         calibrations[task.name] = fit_task(task, scores, _labels(frame, task, label_column(task, all_tasks,
                                                                                             labels or {})),
                                            method, points)
-    calibrator = Calibrator(all_tasks, calibrations, version=version)
+    calibrator = Calibrator(all_tasks, calibrations, label=label)
     target = bundle.root / CALIBRATION_DIR
     if target.exists():
         shutil.rmtree(target)
@@ -231,28 +232,88 @@ def format_report(results: Mapping[str, Mapping[str, TaskMetrics]]) -> str:
 
 # -- publish: a new calibrator version, live -----------------------------------
 
-def publish(bundle_dir: Path, repository: Path, url: str | None = None, timeout_s: float = 120.0) -> int:
+def publish(bundle_dir: Path, repository: Path, url: str | None = None, admin_key: str | None = None,
+            timeout_s: float = 120.0) -> int:
     """Write the bundle's calibration as the next ``calibrator`` version and, with
-    ``url``, ask a server in explicit model-control mode to load it. Triton keeps
-    serving the old version until the new one is ready, then retires it."""
+    ``url``, ask a server in explicit model-control mode to load it (sending the admin
+    key). Triton keeps serving the old version until the new one is ready, then
+    retires it.
+
+    Nothing is written unless the bundle's tasks and classes equal the served ones,
+    every table maps into [0, 1] and (with ``url``) the server accepts model control
+    with this key. A version the server fails to load is removed again, so the next
+    start of the server is not broken by it.
+    """
     from tce_backends import contract
 
-    bundle = Bundle.load(bundle_dir)
+    bundle = Bundle.load(bundle_dir)  # strict: a table outside [0, 1] is refused here
     step_dir = Path(repository) / contract.CALIBRATOR
-    if not (step_dir / "config.pbtxt").is_file():
+    versions = sorted(int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
+        if (step_dir / "config.pbtxt").is_file() else []
+    if not versions:
         raise ValueError(f"{repository} has no {contract.CALIBRATOR} model; build the repository first")
-    versions = [int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    version = max(versions, default=0) + 1
+    _check_same_tasks(bundle.manifest, Manifest.load(step_dir / str(versions[-1])), step_dir / str(versions[-1]))
+    client = _model_control_client(url, admin_key, timeout_s) if url else None
+    version = versions[-1] + 1
     staging = step_dir / f".staging-{version}"
     if staging.exists():
         shutil.rmtree(staging)
     write_step_version(bundle, contract.CALIBRATOR, staging)
     staging.rename(step_dir / str(version))  # appears whole: the server never sees a half-written version
-    if url:
-        import tritonclient.http as httpclient
+    if client is not None:
+        from tritonclient.utils import InferenceServerException
 
-        client = httpclient.InferenceServerClient(url, network_timeout=timeout_s)
-        client.load_model(contract.CALIBRATOR)
-        if not client.is_model_ready(contract.CALIBRATOR, str(version)):
-            raise RuntimeError(f"calibrator version {version} did not become ready; see the server log")
+        try:
+            client.load_model(contract.CALIBRATOR, headers=http_headers(admin_key))
+            ready = client.is_model_ready(contract.CALIBRATOR, str(version))
+            problem = "" if ready else "it did not become ready"
+        except InferenceServerException as error:
+            problem = error.message()
+        if problem:
+            shutil.rmtree(step_dir / str(version), ignore_errors=True)
+            raise ValueError(f"the server did not load calibrator version {version} ({problem}); "
+                             "the version was removed again, the old one keeps serving")
     return version
+
+
+def _check_same_tasks(bundle: Manifest, served: Manifest, where: Path) -> None:
+    served_tasks = {t.name: t for t in served.tasks}
+    for task in bundle.tasks:
+        other = served_tasks.get(task.name)
+        if other is None:
+            raise ValueError(f"the bundle's task {task.name!r} is not served (served tasks: {list(served_tasks)}, "
+                             f"from {where})")
+        if (task.kind, task.classes) != (other.kind, other.classes):
+            raise ValueError(f"task {task.name!r}: the bundle has {task.kind} classes {list(task.classes)}, the "
+                             f"served model {other.kind} classes {list(other.classes)}; publish calibration fitted "
+                             "for the served model")
+    missing = sorted(set(served_tasks) - {t.name for t in bundle.tasks})
+    if missing:
+        raise ValueError(f"the bundle lacks the served tasks {missing}")
+
+
+def _model_control_client(url: str, admin_key: str | None, timeout_s: float):
+    """An HTTP client to a server that accepts model control with ``admin_key``;
+    asked before anything is written."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from tce_client.endpoints import host_port
+
+    client = httpclient.InferenceServerClient(host_port(url, "http"), network_timeout=timeout_s,
+                                              connection_timeout=min(timeout_s, 10.0))
+    try:
+        # Unloading a model that does not exist changes nothing, yet needs explicit model control and the key.
+        client.unload_model("__tce_model_control_probe__", headers=http_headers(admin_key))
+    except InferenceServerException as error:
+        message = error.message() or str(error)
+        if "restricted" in message:
+            raise ValueError(f"the server at {url} refused the admin key ({message}); pass the key it was "
+                             "started with (--admin-key-file or $TCE_ADMIN_KEY)") from None
+        if "polling is enabled" in message or "not allowed" in message:
+            raise ValueError(f"the server at {url} does not allow model control: start it with "
+                             "--model-control-mode explicit --load-model '*'") from None
+        raise ValueError(f"the server at {url} cannot load models: {message}") from None
+    except Exception as error:  # noqa: BLE001 - connection failures differ by library version
+        raise ValueError(f"no Triton server answers at {url} ({error})") from None
+    return client

@@ -36,12 +36,14 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, serve_forever
+    from .security import read_admin_key
+    from .server import ServerConfig, Watchdog, serve_forever
 
     config = ServerConfig(args.repository, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
-                          model_config_name=args.model_config_name)
-    return serve_forever(config, log_path=args.log)
+                          model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file))
+    watchdog = Watchdog(interval_s=args.watch_interval) if args.watch_interval > 0 else None
+    return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -74,7 +76,7 @@ def _calibrate_fit(args: argparse.Namespace) -> int:
     from .calibrate import fit
 
     calibrator = fit(args.bundle, args.predictions, method=args.method, points=args.points, tasks=args.task,
-                     labels=_label_overrides(args.label), version=args.version)
+                     labels=_label_overrides(args.label), label=args.version)
     methods = ", ".join(f"{t}: {c.method}" for t, c in calibrator.calibrations.items())
     print(f"calibration version {calibrator.version} written to {args.bundle}/calibration ({methods})")
     return 0
@@ -101,8 +103,10 @@ def _calibrate_report(args: argparse.Namespace) -> int:
 
 def _calibrate_publish(args: argparse.Namespace) -> int:
     from .calibrate import publish
+    from .security import read_admin_key
 
-    version = publish(args.bundle, args.repository, url=args.url)
+    admin_key = read_admin_key(args.admin_key_file, required=bool(args.url)) if args.url else None
+    version = publish(args.bundle, args.repository, url=args.url, admin_key=admin_key)
     state = f"loaded by the server at {args.url}" if args.url else "load it with the server's repository API"
     print(f"calibrator version {version} written to {args.repository}/calibrator/{version}; {state}")
     return 0
@@ -171,6 +175,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load-model", action="append", default=[], help="with explicit control; '*' loads all")
     p.add_argument("--model-config-name", default="")
     p.add_argument("--log", type=Path, default=None, help="server log file (default: a temporary file)")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="file holding the admin key for model control, shared memory, logging and trace "
+                        "(default: $TCE_ADMIN_KEY_FILE, $TCE_ADMIN_KEY, else a new random key per run)")
+    p.add_argument("--watch-interval", type=float, default=5.0,
+                   help="seconds between canary inferences that restart a broken server; 0 turns the "
+                        "watchdog off (default: %(default)s)")
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("import-seed", help="turn seed artifacts (directory or model.tar.gz) into a bundle")
@@ -188,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=1000)
     p.add_argument("--task", action="append", default=[], help="fit only these tasks (default: all)")
     p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN")
-    p.add_argument("--version", default="", help="version label (default: content fingerprint)")
+    p.add_argument("--version", default="", help="label put before the tables' content fingerprint in "
+                   "calibration_version, e.g. 2026-11 -> 2026-11@3fa9c0e1b2d4 (default: the fingerprint alone)")
     p.set_defaults(run=_calibrate_fit)
     p = actions.add_parser("apply", help="add calibrated columns to a predictions file")
     p.add_argument("--calibration", type=Path, required=True, help="a bundle or a seed calibration/ directory")
@@ -206,6 +217,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     p.add_argument("--url", default=None, help="HTTP host:port of a server in explicit model-control mode")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="the server's admin key (default: $TCE_ADMIN_KEY_FILE, then $TCE_ADMIN_KEY)")
     p.set_defaults(run=_calibrate_publish)
 
     p = commands.add_parser("predict", help="score a CSV/TSV/Parquet file on a running server")
@@ -244,9 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a clear one-line error for known failures
         from tce_backends.errors import BundleError
 
+        from .security import AdminKeyError
         from .server import ServerError
 
-        if isinstance(error, (BundleError, ServerError, ValueError, FileNotFoundError)):
+        if isinstance(error, (BundleError, ServerError, AdminKeyError, ValueError, FileNotFoundError)):
             print(f"tce {args.command}: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -3,12 +3,20 @@
 The wheel holds ``tritonserver``, the Python backend and one backend stub per
 Python version. ``EmbeddedServer`` lays out a backend directory with the stub for
 the running interpreter, sets the library path, gives the server its own shared
-memory prefix and ports, waits until it is ready, and on ``stop`` terminates it by
-PID and removes any shared-memory regions it left behind.
+memory prefix, ports, id and admin key, and waits until *that* server is ready (a
+server already on the port is never mistaken for it). The server dies with the
+process that started it. ``stop`` terminates it by PID and removes its shared
+memory and run directory; a later start removes what a killed launcher left.
+
+``serve_forever`` is ``tce serve``: it watches the ensemble with a canary inference
+and restarts Triton when a step stops answering.
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,12 +30,20 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from tce_backends.canary import Canary
+
+from .security import generate_admin_key, restricted_api_args, write_admin_key
 
 # The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
 TRITON_VERSION = "2.51.0"
 NGC_RELEASE = "24.10"
+SHM_DIR = Path("/dev/shm")
+RUN_DIR_PREFIX = "tce-triton-"
+ADMIN_KEY_FILE = "admin-key"
+LOG_FILE = "tritonserver.log"
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -46,6 +62,7 @@ class ServerConfig:
     model_config_name: str = ""
     log_verbose: int = 0
     startup_timeout_s: float = 180.0
+    admin_key: str | None = None  # None: a fresh random key per server (EmbeddedServer.admin_key)
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -67,6 +84,10 @@ class ServerConfig:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+
 
 def free_ports(count: int = 3) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
@@ -77,6 +98,19 @@ def free_ports(count: int = 3) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def ports_in_use(config: ServerConfig) -> list[str]:
+    """The configured ports something else already listens on."""
+    taken = []
+    for name, port in config.ports.items():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, port))
+            except OSError:
+                taken.append(f"{name} port {port}")
+    return taken
 
 
 def triton_root() -> Path:
@@ -113,6 +147,79 @@ def _prepare_backends(run_dir: Path) -> Path:
     return run_dir / "backends"
 
 
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: the kernel sends SIGTERM to the server when its launcher dies, even by
+    SIGKILL; the Python stubs exit when the server does. (Linux; the signal is tied to
+    the launching thread, so start servers from a thread that outlives them.)"""
+    def set_parent_death_signal() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_parent_death_signal
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_shared_memory(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
+    removed = []
+    if shm_dir.is_dir():
+        for region in shm_dir.glob(f"{prefix}*"):
+            try:
+                region.unlink()
+                removed.append(region.name)
+            except OSError:
+                pass
+    return removed
+
+
+def remove_stale_runs(shm_dir: Path = SHM_DIR, tmp_dir: Path | None = None) -> list[str]:
+    """Shared-memory regions and run directories of launchers that died without
+    cleaning up (their PID is part of every name and is no longer alive)."""
+    removed = []
+    for region in shm_dir.glob("tce*_*") if shm_dir.is_dir() else ():
+        match = re.fullmatch(r"tce(\d+)_[0-9a-f]{8}_.*", region.name)
+        if match and not _pid_alive(int(match.group(1))):
+            removed += remove_shared_memory(region.name, shm_dir)
+    for run_dir in Path(tmp_dir or tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
+        match = re.match(rf"{RUN_DIR_PREFIX}(\d+)-", run_dir.name)
+        if match and not _pid_alive(int(match.group(1))) and not (run_dir / LOG_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir.name)
+    return removed
+
+
+def startup_failure(log_text: str) -> str:
+    """The root cause of a failed start, as one line, from Triton's log."""
+    for pattern, template in (
+            (r"failed to load '([^']+)' version \d+: (?:\w+: )?(.+)", "model '{0}' failed to load: {1}"),
+            (r"Socket '([^']+)' already in use", "address {0} is already in use"),
+            (r"failed to start (\w+) service: (.+)", "the {0} service failed to start: {1}")):
+        for line in log_text.splitlines():
+            match = re.search(pattern, line)
+            if match:
+                return template.format(*(g.strip().rstrip('";') for g in match.groups()))
+    return ""
+
+
+def _wait_line(log_text: str) -> str:
+    """What a stopping Triton still waits for, from its countdown log lines."""
+    found = re.findall(r"Timeout (\d+): Found (\d+) live models and (\d+) in-flight", log_text)
+    if not found:
+        return ""
+    seconds, models, requests = found[-1]
+    return (f"{models} model(s) still finishing in-flight inferences, {requests} other request(s) in flight; "
+            f"Triton gives up in {seconds} s")
+
+
 @dataclass
 class EmbeddedServer:
     """Start with ``start()`` (or a ``with`` block); ``stop()`` always cleans up."""
@@ -121,11 +228,18 @@ class EmbeddedServer:
     log_path: Path | None = None
     shm_prefix: str = field(default_factory=lambda: f"tce{os.getpid()}_{uuid.uuid4().hex[:8]}_")
     process: subprocess.Popen | None = field(default=None, init=False)
-    _run_dir: Path | None = field(default=None, init=False)
+    server_id: str = field(default_factory=lambda: f"tce-{uuid.uuid4().hex[:12]}", init=False)
+    admin_key: str = field(default="", init=False)
+    run_dir: Path | None = field(default=None, init=False)
+    _own_log: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.admin_key = self.config.admin_key or generate_admin_key()
 
     def command(self, backends: Path) -> list[str]:
         c = self.config
         args = [str(triton_root() / "bin" / "tritonserver"),
+                f"--id={self.server_id}",
                 f"--model-repository={c.model_repository}",
                 f"--backend-directory={backends}",
                 f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
@@ -133,75 +247,135 @@ class EmbeddedServer:
                 f"--http-port={c.http_port}", f"--grpc-port={c.grpc_port}", f"--metrics-port={c.metrics_port}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false", "--exit-on-error=true",
                 f"--log-verbose={c.log_verbose}",
-                f"--model-control-mode={c.model_control_mode}"]
+                f"--model-control-mode={c.model_control_mode}",
+                *restricted_api_args(self.admin_key)]
         args += [f"--load-model={name}" for name in c.load_models]
         if c.model_config_name:
             args.append(f"--model-config-name={c.model_config_name}")
         return [*args, *c.extra_args]
 
+    @property
+    def admin_key_file(self) -> Path | None:
+        return self.run_dir / ADMIN_KEY_FILE if self.run_dir else None
+
     def start(self) -> "EmbeddedServer":
         if self.process is not None:
             raise ServerError("server already started")
-        self._run_dir = Path(tempfile.mkdtemp(prefix="tce-triton-"))
-        backends = _prepare_backends(self._run_dir)
-        if self.log_path is None:
-            self.log_path = self._run_dir / "tritonserver.log"
+        taken = ports_in_use(self.config)
+        if taken:
+            raise ServerError(f"{' and '.join(taken)} on {self.config.host} already in use: stop what listens "
+                              "there or choose other ports (--http-port, --grpc-port, --metrics-port)")
+        if self.run_dir is None:  # a restart keeps its run directory, log and admin key file
+            remove_stale_runs()
+            self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+            write_admin_key(self.run_dir / ADMIN_KEY_FILE, self.admin_key)
+        backends = self.run_dir / "backends"
+        if not backends.is_dir():
+            backends = _prepare_backends(self.run_dir)
+        self._own_log = self.log_path is None or self.log_path.parent == self.run_dir
+        if self._own_log:
+            self.log_path = self.run_dir / LOG_FILE
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = _library_path()
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         try:
             self.wait_ready()
         except BaseException:
-            self.stop()
+            self.stop(keep_log=True)
             raise
         return self
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
-        url = f"http://{self.config.http_url}/v2/health/ready"
+        base = f"http://{self.config.http_url}"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} during start-up; "
-                                  f"log tail:\n{self.log_tail()}")
+                raise ServerError(self._failure(f"tritonserver exited with code {self.process.returncode} "
+                                                "during start-up"))
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(f"{base}/v2", timeout=2) as response:
+                    answering = json.loads(response.read()).get("name")
+                if answering != self.server_id:  # another server on our port: never believe it
+                    raise ServerError(f"another server ({answering!r}) answers on {self.config.http_url}")
+                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as response:
                     if response.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
                 pass
-            time.sleep(0.5)
-        raise ServerError(f"tritonserver not ready after {self.config.startup_timeout_s:.0f}s; "
-                          f"log tail:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise ServerError(self._failure(f"tritonserver not ready after {self.config.startup_timeout_s:.0f}s"))
+
+    def _failure(self, what: str) -> str:
+        log = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path else ""
+        cause = startup_failure(log)
+        return f"{cause or what} (full log: {self.log_path})\nlog tail:\n{self.log_tail(lines=15)}"
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stub_pids(self) -> dict[int, str]:
+        """PID -> step name of this server's Python backend stubs."""
+        if self.process is None:
+            return {}
+        stubs = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) != self.process.pid:
+                    continue
+                argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+                stubs[int(stat.parent.name)] = Path(argv[1].decode(errors="replace")).parent.parent.name
+        return stubs
+
+    def restart(self) -> "EmbeddedServer":
+        """Stop (briefly) and start again with the same ports, id, admin key and log."""
+        self.stop(timeout_s=10, keep_run_dir=True)
+        return self.start()
+
+    def stop(self, timeout_s: float = 30.0, force: Callable[[], bool] = lambda: False,
+             report: Callable[[str], None] | None = None, keep_log: bool = False,
+             keep_run_dir: bool = False) -> bool:
+        """SIGTERM, wait up to ``timeout_s`` (or until ``force()``), then SIGKILL the
+        process group. Removes shared memory, and the run directory unless
+        ``keep_log`` (only the log stays) or ``keep_run_dir``. Returns False when the
+        server had to be killed."""
         process, self.process = self.process, None
+        graceful = True
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)  # the server and its backend stubs
-                except ProcessLookupError:
-                    pass
+            deadline, next_report = time.monotonic() + timeout_s, time.monotonic() + 3
+            while process.poll() is None and time.monotonic() < deadline and not force():
+                time.sleep(0.1)
+                if report and time.monotonic() > next_report:
+                    waiting = _wait_line(self.log_tail(lines=5))
+                    if waiting:
+                        report(f"still stopping: {waiting} (Ctrl-C again to kill it now)")
+                    next_report = time.monotonic() + 5
+            if process.poll() is None:
+                graceful = False
+                _kill_group(process.pid)
                 process.wait(timeout=10)
         if process is not None:
             _kill_group(process.pid)
         remove_shared_memory(self.shm_prefix)
-        if self._run_dir is not None:
-            log_inside = self.log_path is not None and self._run_dir in self.log_path.parents
-            if not log_inside:
-                shutil.rmtree(self._run_dir, ignore_errors=True)
+        if self.run_dir is not None and not keep_run_dir:
+            if keep_log and self._own_log:
+                for item in self.run_dir.iterdir():  # keep only the log: it explains what happened
+                    if item.name != LOG_FILE:
+                        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+            else:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+        return graceful
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()
@@ -221,42 +395,93 @@ def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def remove_shared_memory(prefix: str, shm_dir: Path = Path("/dev/shm")) -> list[str]:
-    removed = []
-    if shm_dir.is_dir():
-        for region in shm_dir.glob(f"{prefix}*"):
-            try:
-                region.unlink()
-                removed.append(region.name)
-            except OSError:
-                pass
-    return removed
+@dataclass(frozen=True)
+class Watchdog:
+    """How ``tce serve`` decides that the ensemble no longer answers."""
+
+    interval_s: float = 5.0        # between canary inferences
+    failures: int = 2              # failed canaries in a row before a restart
+    max_restarts: int = 3          # within restart_window_s; then give up with exit code 3
+    restart_window_s: float = 600.0
+    model: str = "calibrated_ensemble"
 
 
-def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = ()) -> int:
-    """Foreground serving for ``tce serve``: Ctrl-C (or SIGTERM) stops cleanly."""
+def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = (),
+                  watchdog: Watchdog | None = Watchdog(), print_: Callable[[str], None] = print) -> int:
+    """Foreground serving for ``tce serve``.
+
+    A canary inference every few seconds (and at once when a step's stub process
+    disappears) checks that the ensemble answers; when it keeps failing, Triton is
+    restarted, and after too many restarts ``tce serve`` exits with code 3. The first
+    Ctrl-C or SIGTERM stops Triton gracefully, saying what it waits for; a second
+    kills its process group at once (exit code 130). Exit code 1: Triton died.
+    """
     server = EmbeddedServer(config, log_path=log_path)
-    stop = {"now": False}
+    signals = {"count": 0}
 
-    def request_stop(*_: object) -> None:
-        stop["now"] = True
+    def on_signal(*_: object) -> None:
+        signals["count"] += 1
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
     try:
         server.start()
-        print(f"Triton ready: HTTP {config.http_url}, gRPC {config.grpc_url}, "
-              f"metrics http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})", flush=True)
+        print_(f"Triton ready: HTTP {config.http_url}, gRPC {config.grpc_url}, "
+               f"metrics http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
+        print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
+               f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
         for line in announce:
-            print(line, flush=True)
-        while not stop["now"]:
-            if server.process is None or server.process.poll() is not None:
-                print(f"tritonserver exited; log tail:\n{server.log_tail()}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+            print_(line)
+        code = _supervise(server, watchdog, lambda: signals["count"] > 0, print_)
     finally:
-        server.stop()
-        signal.signal(signal.SIGTERM, previous)
-    print("Triton stopped.")
+        if signals["count"]:
+            print_("stopping Triton: waiting for in-flight requests (Ctrl-C again to kill it now) ...")
+        graceful = server.stop(force=lambda: signals["count"] > 1, report=print_, keep_log=code != 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code:
+        print_(f"log kept: {server.log_path}")
+        return code
+    if not graceful:
+        print_("Triton killed; shared memory removed.")
+        return 130
+    print_("Triton stopped.")
+    return 0
+
+
+def _supervise(server: EmbeddedServer, watchdog: Watchdog | None, stopping: Callable[[], bool],
+               print_: Callable[[str], None]) -> int:
+    canary = Canary(server.config.http_url, watchdog.model) if watchdog else None
+    stubs = server.stub_pids()
+    restarts: list[float] = []
+    failed, next_probe = 0, time.monotonic() + (watchdog.interval_s if watchdog else 0)
+    while not stopping():
+        time.sleep(0.25)
+        if server.process is None or server.process.poll() is not None:
+            print_(f"tce serve: tritonserver exited unexpectedly; log: {server.log_path}\n{server.log_tail(15)}")
+            return 1
+        if canary is None or watchdog is None:
+            continue
+        current = server.stub_pids()
+        lost = {pid: step for pid, step in stubs.items() if pid not in current}
+        stubs = current
+        if not lost and time.monotonic() < next_probe:
+            continue
+        next_probe = time.monotonic() + watchdog.interval_s
+        problem = canary.probe()
+        if lost and problem:
+            problem = f"the Python stub of {', '.join(sorted(set(lost.values())))} died; {problem}"
+        failed = failed + 1 if problem else 0
+        if problem and failed >= watchdog.failures:
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < watchdog.restart_window_s] + [now]
+            if len(restarts) > watchdog.max_restarts:
+                print_(f"tce serve: error: the ensemble keeps failing ({problem}); gave up after "
+                       f"{watchdog.max_restarts} restarts in {watchdog.restart_window_s:.0f} s")
+                return 3
+            print_(f"tce serve: the ensemble stopped answering ({problem}); restarting Triton "
+                   f"(restart {len(restarts)} of at most {watchdog.max_restarts})")
+            server.restart()
+            print_(f"Triton ready again: HTTP {server.config.http_url}")
+            stubs, failed = server.stub_pids(), 0
     return 0

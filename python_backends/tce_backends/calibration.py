@@ -13,7 +13,12 @@ Multi-task models carry one such calibration per task (score field).
 
 A calibration that cannot be loaded or applied falls back to raw for that task
 and reports it (``fallback_reasons`` at load time, per-row flags at apply time):
-never silently, never by raising into the serving path.
+never silently, never by raising into the serving path. Tables must map into
+[0, 1]; one that does not is refused (a bundle) or falls back (a served step).
+
+``Calibrator.version`` is the fingerprint of the tables actually in use (prefixed by
+a label, when one was given), so a response's ``calibration_version`` always says
+which tables produced it.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from .tasks import TaskSpec, task_columns
 CalibrationMethod = Literal["none", "percentile", "binary", "multiclass"]
 METHODS: tuple[str, ...] = ("none", "percentile", "binary", "multiclass")
 CALIBRATION_FILE = "calibration.json"
+_PROBABILITY_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,10 @@ class TaskCalibration:
         """Raise ValueError if this calibration cannot serve ``task``."""
         if self.method not in METHODS:
             raise ValueError(f"unknown calibration method {self.method!r}; known: {list(METHODS)}")
+        for column, table in sorted(self.tables.items()):
+            low, high = float(table.y.min()), float(table.y.max())
+            if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE:
+                raise ValueError(f"the table for class {column} maps to [{low:g}, {high:g}], outside [0, 1]")
         if self.method == "none":
             if self.tables:
                 raise ValueError("method 'none' takes no tables")
@@ -133,7 +143,7 @@ class Calibrator:
     """Applies every task's calibration to the model's concatenated probabilities."""
 
     def __init__(self, tasks: Sequence[TaskSpec], calibrations: Mapping[str, TaskCalibration],
-                 version: str = "", fallback_reasons: Mapping[str, str] | None = None) -> None:
+                 label: str = "", fallback_reasons: Mapping[str, str] | None = None) -> None:
         unknown = sorted(set(calibrations) - {t.name for t in tasks})
         if unknown:
             raise BundleError("calibration", f"calibration for unknown tasks {unknown}")
@@ -147,7 +157,9 @@ class Calibrator:
             except ValueError as exc:
                 raise BundleError(f"calibration/{task.name}", str(exc)) from None
             self.calibrations[task.name] = calibration
-        self.version = version or self.fingerprint()
+        fingerprint = self.fingerprint()
+        self.label = "" if label == fingerprint else label  # older bundles stored the fingerprint itself
+        self.version = f"{self.label}@{fingerprint}" if self.label else fingerprint
         self._columns = task_columns(self.tasks)
 
     def fingerprint(self) -> str:
@@ -193,7 +205,7 @@ class Calibrator:
                 np.save(directory / filename, table.points(), allow_pickle=False)
                 tables[str(column)] = filename
             entries[task.name] = {"method": calibration.method, "tables": tables}
-        payload = {"version": self.version, "tasks": entries}
+        payload = {"label": self.label, "tasks": entries}
         (directory / CALIBRATION_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
 
     @classmethod
@@ -210,14 +222,14 @@ class Calibrator:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
             entries = payload["tasks"]
-            version = str(payload.get("version", ""))
+            label = str(payload.get("label", payload.get("version", "")))
             if not isinstance(entries, dict):
                 raise TypeError("'tasks' must be an object")
         except (ValueError, KeyError, TypeError, OSError) as exc:
             if strict:
                 raise BundleError("calibration", f"unreadable {path}: {exc!r}") from None
             reason = f"unreadable {path.name}: {exc!r}"
-            return cls(tasks, {}, version="unavailable", fallback_reasons={t.name: reason for t in tasks})
+            return cls(tasks, {}, label="unavailable", fallback_reasons={t.name: reason for t in tasks})
         calibrations, reasons = {}, {}
         known = {t.name: t for t in tasks}
         for name, entry in entries.items():
@@ -236,7 +248,7 @@ class Calibrator:
                     raise BundleError(f"calibration/{name}", f"{type(exc).__name__}: {exc}") from None
                 if name in known:
                     reasons[name] = f"{type(exc).__name__}: {exc}"
-        return cls(tasks, calibrations, version=version, fallback_reasons=reasons)
+        return cls(tasks, calibrations, label=label, fallback_reasons=reasons)
 
 
 def sample_table(predict: Any, points: int = 1000, low: float = 0.0, high: float = 1.0) -> LookupTable:

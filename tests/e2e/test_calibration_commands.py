@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,9 +19,11 @@ from tests.seed_layout import write_seed
 pytestmark = pytest.mark.e2e
 
 
-def tce(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "tce.cli", *args], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+def tce(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "tce.cli", *args], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TCE_ADMIN_KEY": "", "TCE_ADMIN_KEY_FILE": ""})
+    if check:
+        assert result.returncode == 0, result.stderr
     return result
 
 
@@ -64,6 +67,11 @@ def test_seed_to_served_predictions_in_seed_format(binary_bundle, tmp_path):
             str(tmp_path / "records.csv"), "--output", str(tmp_path / "out.parquet"), "--id-field", "record_id")
         table = pd.read_parquet(tmp_path / "out.parquet")
         assert list(table.columns[:3]) == ["record_id", "prob_class_0", "calibrated_prob_class_0"]
+        refused = tce("calibrate", "publish", "--bundle", str(tmp_path / "bundle"), "--repository",
+                      str(repository), "--url", server.config.http_url, check=False)
+        assert refused.returncode == 2 and "admin key" in refused.stderr and "Traceback" not in refused.stderr
+        assert not (repository / "calibrator" / "2").exists()
         published = tce("calibrate", "publish", "--bundle", str(tmp_path / "bundle"), "--repository",
-                        str(repository), "--url", server.config.http_url)
+                        str(repository), "--url", f"http://{server.config.http_url}",
+                        "--admin-key-file", str(server.admin_key_file))
         assert "calibrator version 2" in published.stdout

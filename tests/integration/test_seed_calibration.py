@@ -85,7 +85,7 @@ def test_calibration_swaps_live_under_load(binary_bundle, tmp_path, varied_recor
         for w in workers:
             w.start()
         time.sleep(1.5)
-        version = publish(second.root, repository, url=server.config.http_url)
+        version = publish(second.root, repository, url=server.config.http_url, admin_key=server.admin_key)
         swapped_at = time.monotonic()
         time.sleep(1.5)
         stop.set()

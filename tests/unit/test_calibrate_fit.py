@@ -34,9 +34,10 @@ def test_fit_writes_tables_that_improve_calibration(bimodal_bundle, predictions_
     shutil.copytree(bimodal_bundle.root, bundle_dir)
     (bundle_dir / "calibration" / "calibration.json").unlink()  # start uncalibrated
     before = report(bundle_dir, predictions_file, tmp_path / "before")
-    calibrator = fit(bundle_dir, predictions_file, method=method, points=500, version="fit-test")
-    assert calibrator.version == "fit-test"
+    calibrator = fit(bundle_dir, predictions_file, method=method, points=500, label="fit-test")
+    assert calibrator.version == f"fit-test@{calibrator.fingerprint()}"
     loaded = Bundle.load(bundle_dir).calibrator
+    assert loaded.version == calibrator.version
     assert loaded.calibrations["abuse"].method == "binary"
     assert loaded.calibrations["reason"].method == "multiclass"
     assert loaded.calibrations["abuse"].tables[1].x.size == 500

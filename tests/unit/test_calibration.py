@@ -114,6 +114,28 @@ def test_unreadable_calibration_json_falls_back_everywhere(tmp_path):
     assert loaded.apply(np.full((2, 5), 0.2, dtype=np.float32)).fallback.all()
 
 
+def test_version_is_the_fingerprint_of_the_tables_actually_loaded(tmp_path):
+    saved = Calibrator([BINARY, MULTI], _saved(tmp_path).calibrations, label="2026-11")
+    saved.save(tmp_path)
+    loaded = Calibrator.load(tmp_path, [BINARY, MULTI])
+    assert loaded.version == saved.version == f"2026-11@{saved.fingerprint()}"
+    (tmp_path / "abuse_class_1.npy").write_bytes(b"broken")
+    degraded = Calibrator.load(tmp_path, [BINARY, MULTI])
+    assert degraded.version.startswith("2026-11@") and degraded.version != saved.version
+
+
+@pytest.mark.parametrize("y", [(-0.2, 0.5), (0.1, 1.7)])
+def test_tables_leaving_the_unit_interval_are_refused_or_fall_back(tmp_path, y):
+    bad = LookupTable.from_points([(0.0, y[0]), (1.0, y[1])])
+    with pytest.raises(BundleError, match=r"calibration/abuse.*outside \[0, 1\]"):
+        Calibrator([BINARY], {"abuse": TaskCalibration("binary", {1: bad})})
+    _saved(tmp_path)
+    np.save(tmp_path / "abuse_class_1.npy", bad.points(), allow_pickle=False)
+    loaded = Calibrator.load(tmp_path, [BINARY, MULTI])
+    assert "outside [0, 1]" in loaded.fallback_reasons["abuse"]
+    assert loaded.apply(np.full((1, 5), 0.2, dtype=np.float32)).fallback.tolist() == [[True, False]]
+
+
 def test_pickled_table_is_refused(tmp_path):
     _saved(tmp_path)
     np.save(tmp_path / "abuse_class_1.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
