@@ -42,7 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(args.repository, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
                           model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file))
-    watchdog = Watchdog(interval_s=args.watch_interval) if args.watch_interval > 0 else None
+    watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts) \
+        if args.watch_interval > 0 else None
     return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True))
 
 
@@ -181,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-interval", type=float, default=5.0,
                    help="seconds between canary inferences that restart a broken server; 0 turns the "
                         "watchdog off (default: %(default)s)")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="restarts allowed within 10 minutes before tce serve gives up with exit code 3 "
+                        "(default: %(default)s)")
     p.set_defaults(run=_serve)
 
     p = commands.add_parser("import-seed", help="turn seed artifacts (directory or model.tar.gz) into a bundle")

@@ -28,13 +28,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tce_backends.canary import Canary
 
-from .security import generate_admin_key, restricted_api_args, write_admin_key
+from .security import generate_admin_key, http_headers, restricted_api_args, write_admin_key
 
 # The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
 TRITON_VERSION = "2.51.0"
@@ -341,6 +342,16 @@ class EmbeddedServer:
         self.stop(timeout_s=10, keep_run_dir=True)
         return self.start()
 
+    def ready_models(self) -> set[str]:
+        """Models the server reports READY (asked with the admin key)."""
+        request = urllib.request.Request(f"http://{self.config.http_url}/v2/repository/index", data=b"{}",
+                                         headers={"Content-Type": "application/json", **http_headers(self.admin_key)})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return {m["name"] for m in json.loads(response.read()) if m.get("state") == "READY"}
+        except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
+            return set()
+
     def stop(self, timeout_s: float = 30.0, force: Callable[[], bool] = lambda: False,
              report: Callable[[str], None] | None = None, keep_log: bool = False,
              keep_run_dir: bool = False) -> bool:
@@ -449,39 +460,63 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
     return 0
 
 
+class _Health:
+    """Two signs that the ensemble is broken although Triton says ready: a step
+    lost a stub process (Triton neither notices nor restarts it; a step with two
+    instances then fails half its requests, which one canary may not catch), or the
+    canary inference fails."""
+
+    def __init__(self, server: EmbeddedServer, watchdog: Watchdog) -> None:
+        self.server, self.watchdog = server, watchdog
+        self.canary = Canary(server.config.http_url, watchdog.model)
+        self.reset()
+
+    def reset(self) -> None:
+        self.baseline = Counter(self.server.stub_pids().values())
+        self.failed, self.next_probe = 0, time.monotonic() + self.watchdog.interval_s
+
+    def problem(self) -> str:
+        dead = self._dead_steps()
+        if dead:
+            return f"the Python stub of {', '.join(dead)} died"
+        if time.monotonic() < self.next_probe:
+            return ""
+        self.next_probe = time.monotonic() + self.watchdog.interval_s
+        failure = self.canary.probe()
+        self.failed = self.failed + 1 if failure else 0
+        return failure if failure and self.failed >= self.watchdog.failures else ""
+
+    def _dead_steps(self) -> list[str]:
+        current = Counter(self.server.stub_pids().values())
+        short = sorted(step for step, count in self.baseline.items() if current[step] < count)
+        if not short:
+            self.baseline |= current  # a published calibrator version may add instances
+            return []
+        ready = self.server.ready_models()
+        return [step for step in short if step in ready]  # unloaded on purpose is not dead
+
+
 def _supervise(server: EmbeddedServer, watchdog: Watchdog | None, stopping: Callable[[], bool],
                print_: Callable[[str], None]) -> int:
-    canary = Canary(server.config.http_url, watchdog.model) if watchdog else None
-    stubs = server.stub_pids()
+    health = _Health(server, watchdog) if watchdog else None
     restarts: list[float] = []
-    failed, next_probe = 0, time.monotonic() + (watchdog.interval_s if watchdog else 0)
     while not stopping():
         time.sleep(0.25)
         if server.process is None or server.process.poll() is not None:
             print_(f"tce serve: tritonserver exited unexpectedly; log: {server.log_path}\n{server.log_tail(15)}")
             return 1
-        if canary is None or watchdog is None:
+        problem = health.problem() if health else ""
+        if not problem or watchdog is None or health is None:
             continue
-        current = server.stub_pids()
-        lost = {pid: step for pid, step in stubs.items() if pid not in current}
-        stubs = current
-        if not lost and time.monotonic() < next_probe:
-            continue
-        next_probe = time.monotonic() + watchdog.interval_s
-        problem = canary.probe()
-        if lost and problem:
-            problem = f"the Python stub of {', '.join(sorted(set(lost.values())))} died; {problem}"
-        failed = failed + 1 if problem else 0
-        if problem and failed >= watchdog.failures:
-            now = time.monotonic()
-            restarts = [t for t in restarts if now - t < watchdog.restart_window_s] + [now]
-            if len(restarts) > watchdog.max_restarts:
-                print_(f"tce serve: error: the ensemble keeps failing ({problem}); gave up after "
-                       f"{watchdog.max_restarts} restarts in {watchdog.restart_window_s:.0f} s")
-                return 3
-            print_(f"tce serve: the ensemble stopped answering ({problem}); restarting Triton "
-                   f"(restart {len(restarts)} of at most {watchdog.max_restarts})")
-            server.restart()
-            print_(f"Triton ready again: HTTP {server.config.http_url}")
-            stubs, failed = server.stub_pids(), 0
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < watchdog.restart_window_s] + [now]
+        if len(restarts) > watchdog.max_restarts:
+            print_(f"tce serve: error: the ensemble keeps failing ({problem}); gave up after "
+                   f"{watchdog.max_restarts} restarts in {watchdog.restart_window_s:.0f} s")
+            return 3
+        print_(f"tce serve: the ensemble stopped answering ({problem}); restarting Triton "
+               f"(restart {len(restarts)} of at most {watchdog.max_restarts})")
+        server.restart()
+        print_(f"Triton ready again: HTTP {server.config.http_url}")
+        health.reset()
     return 0
