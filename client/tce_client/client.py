@@ -8,18 +8,33 @@ The client learns text fields, feature order, tasks and classes from the ensembl
 config on the server, splits large inputs into requests of at most the server's
 ``max_batch_size``, and raises precise errors for a server that is down, a model
 that is not ready, a bad record and a rejected request.
+
+Every call has a deadline (``timeout_s``). A call is retried (``retries`` times, with
+growing, jittered pauses) only when the server did not run it: no connection could
+be made, or the server refused it because its queue was full or the request waited
+too long in it. A timeout or a rejected input is never retried.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
-from typing import Any, Literal
+import random
+import socket
+import time
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 import numpy as np
 
-from .errors import InferenceError, ModelNotReadyError, ServerUnavailableError
+from .endpoints import host_port
+from .errors import (InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError,
+                     ServerUnavailableError)
 from .results import Prediction, TaskResult
 from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
+
+T = TypeVar("T")
+# What Triton says when it refuses a request it never ran (dynamic batcher queue policy).
+_NOT_RUN = ("Exceeds maximum queue size", "Request timeout expired")
+_NOT_CONNECTED = ("Connection refused", "failed to connect", "Failed to connect")
 
 Protocol = Literal["http", "grpc"]
 DEFAULT_MODEL = "calibrated_ensemble"
@@ -75,14 +90,56 @@ def _slices(rows: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
+def _not_run(error: BaseException) -> bool:
+    """True when the server certainly did not run the request, so a retry is safe."""
+    message = str(error)
+    return isinstance(error, ConnectionRefusedError) or any(m in message for m in (*_NOT_RUN, *_NOT_CONNECTED))
+
+
+def _is_timeout(error: BaseException) -> bool:
+    message = str(error)
+    return isinstance(error, (TimeoutError, asyncio.TimeoutError, socket.timeout)) or \
+        "DEADLINE_EXCEEDED" in message or "Deadline Exceeded" in message or "timed out" in message
+
+
 class _Common:
-    def __init__(self, url: str | None, protocol: Protocol, model: str, asynchronous: bool) -> None:
-        self.protocol = protocol
-        self.url = url or DEFAULT_URLS.get(protocol, "")
-        self.model = model
+    def __init__(self, url: str | None, protocol: Protocol, model: str, asynchronous: bool, timeout_s: float,
+                 retries: int) -> None:
         self._module = _protocol_module(protocol, asynchronous)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.protocol = protocol
+        self.url = host_port(url or DEFAULT_URLS[protocol], protocol)
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retries = retries
         self.schema: EnsembleSchema | None = None
         self.max_batch_size = 1
+
+    def _pause(self, attempt: int) -> float:
+        return min(2.0, 0.1 * 2 ** attempt) * (0.5 + random.random())
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 - classified below
+                if attempt == self.retries or not _not_run(error):
+                    raise
+                time.sleep(self._pause(attempt))
+        raise AssertionError("unreachable")
+
+    async def _retry_async(self, call: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return await asyncio.wait_for(call(), self.timeout_s)
+            except Exception as error:  # noqa: BLE001 - classified below
+                if attempt == self.retries or not _not_run(error):
+                    raise
+                await asyncio.sleep(self._pause(attempt))
+        raise AssertionError("unreachable")
 
     def _request(self, inputs: dict[str, np.ndarray], rows: slice) -> tuple[list[Any], list[Any]]:
         infer_inputs = []
@@ -108,40 +165,73 @@ class _Common:
         return self.schema.encode(records)
 
     def _unavailable(self, error: BaseException) -> ServerUnavailableError:
-        return ServerUnavailableError(f"no Triton server answers at {self.protocol}://{self.url} ({error}); "
-                                      "start one with 'make serve' or 'tce serve'")
+        """Say whether nothing listens at the address, or something that does not speak
+        this protocol (typically the other protocol's port)."""
+        host, _, port = self.url.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(self.timeout_s, 3.0)):
+                listening = True
+        except OSError:
+            listening = False
+        if not listening:
+            return ServerUnavailableError(f"no server listens at {self.url}; start one with 'make serve' or "
+                                          "'tce serve', or check the host and port")
+        other = "grpc" if self.protocol == "http" else "http"
+        return ServerUnavailableError(f"the server at {self.url} does not answer {self.protocol.upper()} requests "
+                                      f"({str(error).splitlines()[0][:160]}); is it the {other.upper()} port? "
+                                      f"Use the {self.protocol.upper()} port (default {DEFAULT_URLS[self.protocol]}) "
+                                      f"or protocol='{other}'")
+
+    def _raise_for(self, error: BaseException) -> Exception:
+        """The SDK's error for a failed inference call."""
+        from tritonclient.utils import InferenceServerException
+
+        if _is_timeout(error):
+            return RequestTimeoutError(f"no answer from {self.url} within {self.timeout_s:g} s")
+        if isinstance(error, InferenceServerException):
+            message = error.message() or str(error)
+            if any(m in message for m in _NOT_RUN):
+                return ServerBusyError(f"the server is overloaded and refused the request ({message}); "
+                                       f"retried {self.retries} time(s)")
+            if any(m in message for m in _NOT_CONNECTED):
+                return self._unavailable(error)
+            return InferenceError(message)
+        if isinstance(error, (ConnectionError, OSError)):
+            return self._unavailable(error)
+        return InferenceError(f"{type(error).__name__}: {error}")
 
 
 class CalibratedClassifierClient(_Common):
     """Synchronous client over ``tritonclient.http`` or ``tritonclient.grpc``."""
 
     def __init__(self, url: str | None = None, protocol: Protocol = "http", model: str = DEFAULT_MODEL,
-                 timeout_s: float = 60.0) -> None:
-        super().__init__(url, protocol, model, asynchronous=False)
-        self.timeout_s = timeout_s
+                 timeout_s: float = 30.0, retries: int = 2) -> None:
+        super().__init__(url, protocol, model, asynchronous=False, timeout_s=timeout_s, retries=retries)
         if protocol == "http":
             self._client = self._module.InferenceServerClient(self.url, connection_timeout=timeout_s,
                                                               network_timeout=timeout_s)
+            self._deadline: dict[str, float] = {}
         else:
             self._client = self._module.InferenceServerClient(self.url)
+            self._deadline = {"client_timeout": timeout_s}
         self._connect()
 
     def _connect(self) -> None:
         try:
-            live = self._client.is_server_live()
+            live = self._retry(lambda: self._client.is_server_live(**self._deadline))
         except Exception as error:  # noqa: BLE001 - connection errors differ per protocol
             raise self._unavailable(error) from None
         if not live:
             raise ServerUnavailableError(f"the server at {self.url} is not live")
         try:
-            ready = self._client.is_model_ready(self.model)
+            ready = self._client.is_model_ready(self.model, **self._deadline)
         except Exception as error:  # noqa: BLE001
             raise ModelNotReadyError(f"cannot query model {self.model!r}: {error}") from None
         if not ready:
             raise ModelNotReadyError(f"model {self.model!r} is not ready on {self.url}; "
                                      "check the server log for its load error")
-        config = (self._client.get_model_config(self.model, as_json=True) if self.protocol == "grpc"
-                  else self._client.get_model_config(self.model))
+        config = (self._client.get_model_config(self.model, as_json=True, **self._deadline)
+                  if self.protocol == "grpc" else self._client.get_model_config(self.model))
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
 
     def predict(self, records: Records) -> list[Prediction]:
@@ -156,9 +246,10 @@ class CalibratedClassifierClient(_Common):
         """Send already-encoded input arrays (``schema.encode``) as one request."""
         infer_inputs, outputs = self._request(inputs, rows)
         try:
-            result = self._client.infer(self.model, infer_inputs, outputs=outputs)
+            result = self._retry(lambda: self._client.infer(self.model, infer_inputs, outputs=outputs,
+                                                            **self._deadline))
         except Exception as error:  # noqa: BLE001
-            raise _classify(error, self) from None
+            raise self._raise_for(error) from None
         assert self.schema is not None
         return _decode(self.schema, {name: result.as_numpy(name) for name in _output_names(self.schema)})
 
@@ -177,28 +268,30 @@ class AsyncCalibratedClassifierClient(_Common):
     ``predict`` sends a large input's requests concurrently."""
 
     def __init__(self, url: str | None = None, protocol: Protocol = "http", model: str = DEFAULT_MODEL,
-                 max_concurrency: int = 8) -> None:
-        super().__init__(url, protocol, model, asynchronous=True)
+                 max_concurrency: int = 8, timeout_s: float = 30.0, retries: int = 2) -> None:
+        super().__init__(url, protocol, model, asynchronous=True, timeout_s=timeout_s, retries=retries)
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
-        self._client = self._module.InferenceServerClient(self.url)
+        self._client = (self._module.InferenceServerClient(self.url, conn_timeout=timeout_s) if protocol == "http"
+                        else self._module.InferenceServerClient(self.url))
 
     async def connect(self) -> "AsyncCalibratedClassifierClient":
         try:
-            live = await self._client.is_server_live()
+            live = await self._retry_async(self._client.is_server_live)
         except Exception as error:  # noqa: BLE001
             raise self._unavailable(error) from None
         if not live:
             raise ServerUnavailableError(f"the server at {self.url} is not live")
         try:
-            ready = await self._client.is_model_ready(self.model)
+            ready = await asyncio.wait_for(self._client.is_model_ready(self.model), self.timeout_s)
         except Exception as error:  # noqa: BLE001
             raise ModelNotReadyError(f"cannot query model {self.model!r}: {error}") from None
         if not ready:
             raise ModelNotReadyError(f"model {self.model!r} is not ready on {self.url}")
-        config = (await self._client.get_model_config(self.model, as_json=True) if self.protocol == "grpc"
-                  else await self._client.get_model_config(self.model))
+        config = await asyncio.wait_for(self._client.get_model_config(self.model, as_json=True)
+                                        if self.protocol == "grpc" else self._client.get_model_config(self.model),
+                                        self.timeout_s)
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
         return self
 
@@ -219,9 +312,9 @@ class AsyncCalibratedClassifierClient(_Common):
     async def infer_arrays(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> list[Prediction]:
         infer_inputs, outputs = self._request(inputs, rows)
         try:
-            result = await self._client.infer(self.model, infer_inputs, outputs=outputs)
+            result = await self._retry_async(lambda: self._client.infer(self.model, infer_inputs, outputs=outputs))
         except Exception as error:  # noqa: BLE001
-            raise _classify(error, self) from None
+            raise self._raise_for(error) from None
         assert self.schema is not None
         return _decode(self.schema, {name: result.as_numpy(name) for name in _output_names(self.schema)})
 
@@ -233,13 +326,3 @@ class AsyncCalibratedClassifierClient(_Common):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _classify(error: BaseException, client: _Common) -> Exception:
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(error, InferenceServerException):
-        return InferenceError(error.message() or str(error))
-    if isinstance(error, (ConnectionError, OSError, TimeoutError)):
-        return client._unavailable(error)
-    return InferenceError(f"{type(error).__name__}: {error}")

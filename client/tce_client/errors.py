@@ -25,3 +25,12 @@ class RecordError(ClientError, ValueError):
 
 class InferenceError(ClientError):
     """The server rejected a request (its message names the input at fault)."""
+
+
+class ServerBusyError(InferenceError):
+    """The server refused the request because its queue was full or the request waited
+    too long in it (HTTP 503 / gRPC UNAVAILABLE), also after the client's retries."""
+
+
+class RequestTimeoutError(InferenceError):
+    """No answer within the client's ``timeout_s``; the request may still have run."""
