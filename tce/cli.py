@@ -36,15 +36,37 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .security import read_admin_key
-    from .server import ServerConfig, Watchdog, serve_forever
+    import ipaddress
 
-    config = ServerConfig(args.repository, args.http_port, args.grpc_port, args.metrics_port, host=args.host,
+    from .gateway import Gateway, find_nginx
+    from .security import read_admin_key
+    from .server import ServerConfig, ServerError, Watchdog, free_ports, serve_forever
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise ServerError(f"--host {args.host!r} is not an IP address") from None
+    gateway = None
+    http_port, grpc_port = args.http_port, args.grpc_port
+    if args.gateway:
+        find_nginx()  # fail before Triton starts
+        http_port, grpc_port = free_ports(2)
+        host = "127.0.0.1"
+    elif not loopback:
+        raise ServerError(f"refusing to expose Triton itself on {args.host}: one HTTP request can crash Triton "
+                          "2.51 (docs/security.md); add --gateway to serve through the checking gateway")
+    else:
+        host = args.host
+    config = ServerConfig(args.repository, http_port, grpc_port, args.metrics_port, host=host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
                           model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file))
+    if args.gateway:
+        gateway = Gateway(config.http_url, config.grpc_url, address=args.host, http_port=args.http_port,
+                          grpc_port=args.grpc_port)
     watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts) \
         if args.watch_interval > 0 else None
-    return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True))
+    return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True),
+                         gateway=gateway)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -168,7 +190,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="run the embedded Triton server in the foreground")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --gateway (default: %(default)s)")
+    p.add_argument("--gateway", action="store_true",
+                   help="serve through the nginx gateway that checks requests (needs nginx with njs); Triton "
+                        "then listens on 127.0.0.1 only")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
@@ -261,10 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a clear one-line error for known failures
         from tce_backends.errors import BundleError
 
+        from .gateway import GatewayError
         from .security import AdminKeyError
         from .server import ServerError
 
-        if isinstance(error, (BundleError, ServerError, AdminKeyError, ValueError, FileNotFoundError)):
+        if isinstance(error, (BundleError, ServerError, GatewayError, AdminKeyError, ValueError,
+                              FileNotFoundError)):
             print(f"tce {args.command}: error: {error}", file=sys.stderr)
             return 2
         raise

@@ -13,7 +13,6 @@ and restarts Triton when a step stops answering.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -31,10 +30,13 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from tce_backends.canary import Canary
 
+if TYPE_CHECKING:
+    from .gateway import Gateway
+from .processes import die_with_parent, kill_group, pid_alive
 from .security import generate_admin_key, http_headers, restricted_api_args, write_admin_key
 
 # The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
@@ -44,7 +46,6 @@ SHM_DIR = Path("/dev/shm")
 RUN_DIR_PREFIX = "tce-triton-"
 ADMIN_KEY_FILE = "admin-key"
 LOG_FILE = "tritonserver.log"
-_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -148,28 +149,6 @@ def _prepare_backends(run_dir: Path) -> Path:
     return run_dir / "backends"
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn: the kernel sends SIGTERM to the server when its launcher dies, even by
-    SIGKILL; the Python stubs exit when the server does. (Linux; the signal is tied to
-    the launching thread, so start servers from a thread that outlives them.)"""
-    def set_parent_death_signal() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-    return set_parent_death_signal
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_shared_memory(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
     removed = []
     if shm_dir.is_dir():
@@ -188,11 +167,11 @@ def remove_stale_runs(shm_dir: Path = SHM_DIR, tmp_dir: Path | None = None) -> l
     removed = []
     for region in shm_dir.glob("tce*_*") if shm_dir.is_dir() else ():
         match = re.fullmatch(r"tce(\d+)_[0-9a-f]{8}_.*", region.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             removed += remove_shared_memory(region.name, shm_dir)
     for run_dir in Path(tmp_dir or tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}*"):
         match = re.match(rf"{RUN_DIR_PREFIX}(\d+)-", run_dir.name)
-        if match and not _pid_alive(int(match.group(1))) and not (run_dir / LOG_FILE).exists():
+        if match and not pid_alive(int(match.group(1))) and not (run_dir / LOG_FILE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
             removed.append(run_dir.name)
     return removed
@@ -282,7 +261,7 @@ class EmbeddedServer:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+                                            start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
         try:
             self.wait_ready()
         except BaseException:
@@ -373,10 +352,10 @@ class EmbeddedServer:
                     next_report = time.monotonic() + 5
             if process.poll() is None:
                 graceful = False
-                _kill_group(process.pid)
+                kill_group(process.pid)
                 process.wait(timeout=10)
         if process is not None:
-            _kill_group(process.pid)
+            kill_group(process.pid)
         remove_shared_memory(self.shm_prefix)
         if self.run_dir is not None and not keep_run_dir:
             if keep_log and self._own_log:
@@ -395,17 +374,6 @@ class EmbeddedServer:
         self.stop()
 
 
-def _kill_group(pgid: int, timeout_s: float = 10.0) -> None:
-    """Kill what is left of the server's process group (backend stubs) and wait until it is gone."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.05)
-
-
 @dataclass(frozen=True)
 class Watchdog:
     """How ``tce serve`` decides that the ensemble no longer answers."""
@@ -418,8 +386,9 @@ class Watchdog:
 
 
 def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = (),
-                  watchdog: Watchdog | None = Watchdog(), print_: Callable[[str], None] = print) -> int:
-    """Foreground serving for ``tce serve``.
+                  watchdog: Watchdog | None = Watchdog(), print_: Callable[[str], None] = print,
+                  gateway: "Gateway | None" = None) -> int:
+    """Foreground serving for ``tce serve``, optionally behind ``gateway``.
 
     A canary inference every few seconds (and at once when a step's stub process
     disappears) checks that the ensemble answers; when it keeps failing, Triton is
@@ -441,12 +410,19 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
                f"metrics http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
         print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
                f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
+        if gateway is not None:
+            gateway.start()
+            print_(f"gateway ready: HTTP {gateway.address}:{gateway.http_port}, gRPC {gateway.address}:"
+                   f"{gateway.grpc_port} (requests checked and capped at {gateway.max_body}; Triton itself "
+                   f"listens on {config.host} only)")
         for line in announce:
             print_(line)
         code = _supervise(server, watchdog, lambda: signals["count"] > 0, print_)
     finally:
         if signals["count"]:
             print_("stopping Triton: waiting for in-flight requests (Ctrl-C again to kill it now) ...")
+        if gateway is not None:
+            gateway.stop()
         graceful = server.stop(force=lambda: signals["count"] > 1, report=print_, keep_log=code != 0)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

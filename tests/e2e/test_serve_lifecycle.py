@@ -180,3 +180,31 @@ def test_kill_9_of_serve_takes_triton_and_its_stubs_down_and_the_next_start_clea
         again.process.send_signal(signal.SIGTERM)
         assert again.process.wait(timeout=60) == 0
         again.close()
+
+
+def test_serve_through_the_gateway_and_stop_everything(repository):
+    from tce.gateway import GatewayError, find_nginx
+    from tce_client import CalibratedClassifierClient
+    from tests.hostile import json_body, post_json
+
+    try:
+        find_nginx()
+    except GatewayError as missing:
+        pytest.skip(str(missing))
+    serve = Serve(repository, "--gateway")
+    try:
+        serve.wait_for("gateway ready")
+        http, grpc, _ = serve.ports
+        with CalibratedClassifierClient(f"127.0.0.1:{grpc}", protocol="grpc") as client:
+            (prediction,) = client.predict([{"dialogue": "hi"}])
+        assert prediction["abuse"].label
+        huge = {"name": "numeric_features", "shape": [1, 1 << 40], "datatype": "FP64", "data": [1.0]}
+        status, body = post_json(f"127.0.0.1:{http}", json_body(numeric_features=huge))
+        assert status == 400 and b"refused by the gateway" in body
+        children = _children(serve.process.pid)
+        assert "nginx" in children.values() and "tritonserver" in children.values()
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout=60) == 0
+        assert _gone(list(children))
+    finally:
+        serve.close()
