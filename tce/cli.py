@@ -76,9 +76,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _import_seed(args: argparse.Namespace) -> int:
-    from .seed_import import import_seed
+    from .seed_import import ExtractionLimits, import_seed
 
-    report = import_seed(args.source, args.destination, name=args.name)
+    report = import_seed(args.source, args.destination, name=args.name,
+                         limits=ExtractionLimits(max_bytes=args.max_seed_mib << 20))
     for note in report.notes:
         print(f"note: {note}")
     print(f"bundle written to {report.bundle}")
@@ -216,7 +217,9 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("import-seed", help="turn seed artifacts (directory or model.tar.gz) into a bundle")
     p.add_argument("source", type=Path)
     p.add_argument("destination", type=Path)
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="bundle name (default: the seed's model_name or file name)")
+    p.add_argument("--max-seed-mib", type=int, default=8192,
+                   help="largest size an archive may unpack to, in MiB (default: %(default)s)")
     p.set_defaults(run=_import_seed)
 
     calibrate = commands.add_parser("calibrate", help="fit, apply, report or publish calibration")

@@ -210,11 +210,51 @@ class ImportReport:
     notes: list[str]
 
 
-def _unpack(source: Path, scratch: Path) -> Path:
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """What an archive may unpack to: a seed is a model and a few small files."""
+
+    max_bytes: int = 8 << 30
+    max_files: int = 10_000
+
+
+def _check_links(directory: Path) -> None:
+    """Refuse symbolic links that lead out of the seed directory (a seed could name
+    any file of the machine as its risk table)."""
+    root = directory.resolve()
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_symlink() and root not in path.resolve().parents and path.resolve() != root:
+            raise SeedImportError(str(path.relative_to(directory)) if path != directory else str(path),
+                                  f"is a link out of the seed directory (to {path.resolve()}); copy the file in")
+
+
+def _extract(archive: Path, scratch: Path, limits: ExtractionLimits) -> None:
+    """Extract with tarfile's ``data`` filter after checking the member count and
+    sizes as they stream by, so a bomb is stopped before it fills the disk."""
+    try:
+        with tarfile.open(archive) as tar:
+            total, members = 0, []
+            for member in tar:
+                members.append(member)
+                total += member.size
+                if len(members) > limits.max_files:
+                    raise SeedImportError(archive.name, f"holds more than {limits.max_files} files; not a seed")
+                if total > limits.max_bytes:
+                    raise SeedImportError(archive.name, f"unpacks to more than {limits.max_bytes >> 20} MiB; not "
+                                                        "a seed (raise the limit with --max-seed-mib if it is)")
+            tar.extractall(scratch, members=members, filter="data")
+    except tarfile.FilterError as error:
+        raise SeedImportError(archive.name, f"unsafe member refused ({error})") from None
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise SeedImportError(archive.name, f"cannot be unpacked: {error}") from None
+
+
+def _unpack(source: Path, scratch: Path, limits: ExtractionLimits) -> Path:
+    if source.is_dir():
+        _check_links(source)
     archive = source if source.is_file() else source / "model.tar.gz"
     if archive.is_file() and tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tar:
-            tar.extractall(scratch, filter="data")
+        _extract(archive, scratch, limits)
         if source.is_dir():  # loose files beside the archive take part too (e.g. calibration/)
             for item in source.iterdir():
                 target = scratch / item.name
@@ -226,12 +266,13 @@ def _unpack(source: Path, scratch: Path) -> Path:
     raise SeedImportError("seed", f"{source} is neither a directory nor a .tar.gz archive")
 
 
-def import_seed(source: Path | str, destination: Path | str, name: str | None = None) -> ImportReport:
+def import_seed(source: Path | str, destination: Path | str, name: str | None = None,
+                limits: ExtractionLimits = ExtractionLimits()) -> ImportReport:
     source, destination = Path(source), Path(destination)
     if not source.exists():
         raise SeedImportError("seed", f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="tce-seed-") as scratch:
-        root = _unpack(source, Path(scratch))
+        root = _unpack(source, Path(scratch), limits)
         notes = [f"unknown file ignored: {p.name}" for p in sorted(root.iterdir()) if p.name not in KNOWN_FILES]
         missing = [f for f in ("model.pt", "hyperparameters.json", "risk_table_map.pkl", "impute_dict.pkl")
                    if not (root / f).is_file()]

@@ -131,3 +131,55 @@ def test_calibrate_report_writes_metrics_and_diagrams(multiclass_bundle, tmp_pat
     assert set(results["reason"]) == {"raw", "calibrated"}
     assert (tmp_path / "report" / "reliability_reason.png").stat().st_size > 1000
     assert (tmp_path / "report" / "calibration_report.json").is_file()
+
+
+def _tar_bomb(path, members: int, size: int) -> None:
+    """Many members of zeros: tiny compressed, huge unpacked."""
+    import io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for index in range(members):
+            info = tarfile.TarInfo(f"padding_{index}.bin")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+
+
+def test_an_archive_that_unpacks_too_big_is_stopped_before_extraction(tmp_path):
+    from tce.seed_import import ExtractionLimits
+
+    archive = tmp_path / "model.tar.gz"
+    _tar_bomb(archive, members=4, size=3 << 20)
+    with pytest.raises(SeedImportError, match=r"unpacks to more than 8 MiB"):
+        import_seed(archive, tmp_path / "out", limits=ExtractionLimits(max_bytes=8 << 20))
+    _tar_bomb(archive, members=30, size=1)
+    with pytest.raises(SeedImportError, match="more than 20 files"):
+        import_seed(archive, tmp_path / "out", limits=ExtractionLimits(max_files=20))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsafe_archive_members_are_refused_in_one_line(tmp_path):
+    import io
+
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(SeedImportError, match=r"model.tar.gz.*unsafe member refused") as error:
+        import_seed(archive, tmp_path / "out")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_links_out_of_the_seed_directory_are_refused(binary_bundle, tmp_path):
+    write_seed(binary_bundle, tmp_path / "seed", "binary")
+    outside = tmp_path / "elsewhere.pkl"
+    (tmp_path / "seed" / "impute_dict.pkl").rename(outside)
+    (tmp_path / "seed" / "impute_dict.pkl").symlink_to(outside)
+    with pytest.raises(SeedImportError, match=r"impute_dict.pkl.*link out of the seed directory"):
+        import_seed(tmp_path / "seed", tmp_path / "out")
+    inside = tmp_path / "seed" / "moved.pkl"  # a link that stays inside is fine
+    outside.rename(inside)
+    (tmp_path / "seed" / "impute_dict.pkl").unlink()
+    (tmp_path / "seed" / "impute_dict.pkl").symlink_to(inside)
+    assert import_seed(tmp_path / "seed", tmp_path / "out").bundle == tmp_path / "out"
