@@ -8,7 +8,7 @@ REPOSITORY := model_repository
 MODEL := $(REPOSITORY)/multimodal_model/1/model.pt
 PYTEST_ARGS ?=
 
-.PHONY: setup bundle build demo serve test test-unit test-integration clean
+.PHONY: setup bundle build demo serve test test-unit test-integration clean admin-key
 
 setup: $(STAMP)
 
@@ -53,3 +53,11 @@ DURATION ?= 60s
 .PHONY: loadtest
 loadtest: build
 	$(BIN)/tce loadtest --repository $(REPOSITORY) --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+
+# The admin key docker compose hands to Triton (model control, shared memory, logging, trace).
+# secrets/ is private to you; the file stays readable for the container's unprivileged user.
+admin-key: secrets/admin-key
+secrets/admin-key:
+	mkdir -p -m 700 secrets
+	umask 022 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
+	@echo "admin key written to $@; docker compose reads it, tce calibrate publish takes --admin-key-file $@"

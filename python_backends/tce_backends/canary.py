@@ -2,9 +2,10 @@
 ``/v2/health/ready``.
 
 Triton keeps reporting ready after a Python step's stub process dies; every request
-then fails with "Stub process is not healthy". ``probe`` sends one record built from
-the schema the ensemble publishes (empty texts, zeros, missing categories) and checks
-the answer. ``tce serve`` probes this way to restart a broken server, and the
+that reaches that instance then fails with "Stub process is not healthy". ``probe``
+sends a few requests at once (so that a step with several instances has each of them
+probed) of one record built from the schema the ensemble publishes (empty texts,
+zeros, missing categories) and checks every answer. ``tce serve`` probes this way to restart a broken server, and the
 container image uses the command line below as its healthcheck and as a watchdog
 that stops a broken server so the container restarts:
 
@@ -16,6 +17,7 @@ Standard library only: it runs inside the server image, which has no client SDK.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -50,22 +52,37 @@ def canary_body(schema: dict[str, Any]) -> bytes:
 class Canary:
     """Probes one ensemble over HTTP; learns its schema on first use."""
 
-    def __init__(self, http_url: str, model: str = DEFAULT_MODEL, timeout_s: float = 10.0) -> None:
+    def __init__(self, http_url: str, model: str = DEFAULT_MODEL, timeout_s: float = 10.0,
+                 concurrency: int = 4) -> None:
         self.base = http_url if http_url.startswith("http") else f"http://{http_url}"
         self.model = model
         self.timeout_s = timeout_s
+        self.concurrency = concurrency
         self._body: bytes | None = None
         self._tasks: list[str] = []
 
     def probe(self) -> str | None:
-        """None when the ensemble answered a plausible result, else what went wrong."""
+        """None when the ensemble answered every canary plausibly, else what went wrong."""
         try:
             if self._body is None:
                 config = _get_json(f"{self.base}/v2/models/{self.model}/config", self.timeout_s)
                 schema = json.loads(config["parameters"][SCHEMA_PARAMETER]["string_value"])
                 self._body = canary_body(schema)
                 self._tasks = [task["name"] for task in schema["tasks"]]
-            request = urllib.request.Request(f"{self.base}/v2/models/{self.model}/infer", data=self._body,
+        except urllib.error.HTTPError as error:
+            return f"cannot read the ensemble's schema: HTTP {error.code}: {_error_text(error)}"
+        except (OSError, urllib.error.URLError) as error:
+            return f"cannot reach the server: {getattr(error, 'reason', error)}"
+        except (ValueError, KeyError, TypeError) as error:
+            return f"the ensemble publishes no readable schema: {error!r}"
+        body = self._body
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            problems = [p for p in pool.map(lambda _: self._infer(body), range(self.concurrency)) if p]
+        return problems[0] if problems else None
+
+    def _infer(self, body: bytes) -> str | None:
+        try:
+            request = urllib.request.Request(f"{self.base}/v2/models/{self.model}/infer", data=body,
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}

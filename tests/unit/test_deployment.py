@@ -41,23 +41,60 @@ def _stages() -> dict[str, str]:
 
 
 def test_services_and_profiles():
-    assert set(SERVICES) == {"triton", "triton-cpu", "locust"}
+    assert set(SERVICES) == {"triton", "triton-cpu", "gateway", "locust"}
     assert "profiles" not in SERVICES["triton"], "`docker compose up` must start the GPU server"
+    assert "profiles" not in SERVICES["gateway"]
     assert SERVICES["triton-cpu"]["profiles"] == ["cpu"]
     assert SERVICES["locust"]["profiles"] == ["loadtest"]
 
 
+def _published(service: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of every published port."""
+    out = []
+    for spec in service.get("ports", []):
+        address, host, container = spec.rsplit(":", 2)
+        out.append((address, host, container))
+    return out
+
+
+def test_only_the_gateway_faces_callers_and_everything_binds_loopback_by_default():
+    gateway = _published(SERVICES["gateway"])
+    assert {(h, c) for _, h, c in gateway} == {("8000", "8000"), ("8001", "8001")}
+    for name in ("triton", "triton-cpu", "gateway"):
+        for address, _, container in _published(SERVICES[name]):
+            assert address.startswith("${") and address.endswith(":-127.0.0.1}"), (name, address)
+    for name in ("triton", "triton-cpu"):
+        assert [c for _, _, c in _published(SERVICES[name])] == ["8002"], "Triton publishes metrics only"
+    host_ports = [h for name in ("triton", "triton-cpu", "gateway") for _, h, _ in _published(SERVICES[name])]
+    assert len(host_ports) == len(set(host_ports)), "two services would bind the same host port"
+
+
+def test_gateway_mounts_the_checked_in_configuration():
+    gateway = SERVICES["gateway"]
+    assert gateway["image"].startswith("nginx:1.")
+    sources = {v.split(":")[0] for v in gateway["volumes"]}
+    for source in sources:
+        assert (REPO_ROOT / source).is_file(), source
+    from tce.gateway import render
+
+    values = {k: str(v) for k, v in gateway["environment"].items()}
+    rendered = render({**values, "TRITON_HTTP": "triton:8000", "TRITON_GRPC": "triton:8001",
+                       "TCE_MAX_BODY": "16m", "TCE_MAX_ELEMENTS": "4194304"})
+    assert "js_content guard.infer" in rendered and "grpc_pass grpc://triton_grpc" in rendered
+
+
 @pytest.mark.parametrize("name", ["triton", "triton-cpu"])
-def test_triton_services_ports_health_shm_and_repository(name):
+def test_triton_services_health_shm_secret_and_repository(name):
     service = SERVICES[name]
-    assert service["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
     health = " ".join(service["healthcheck"]["test"])
-    assert "/v2/health/ready" in health and "localhost:8000" in health
+    assert "tce_backends.canary" in health and "localhost:8000" in health, "health must mean the ensemble answers"
+    assert service["secrets"] == ["tce_admin_key"]
     assert service["shm_size"] in ("1gb", "2gb", "4gb")
     (volume,) = service["volumes"]
     source, target, mode = volume.split(":")
     assert source == f"./{DEFAULT_REPOSITORY}" and mode == "ro"
     assert f"--model-repository={target}" in service["command"]
+    assert "tritonserver" not in service["command"], "the image's entrypoint starts tritonserver with the key"
     # the mounted directory is the one `make build` / `tce build` writes, and it exists in the checkout
     assert (REPO_ROOT / DEFAULT_REPOSITORY / "multimodal_model" / "config.pbtxt").is_file()
     makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
@@ -92,13 +129,28 @@ def test_explicit_model_control_for_live_calibration_updates():
         assert "--model-control-mode=explicit" in command and "--load-model=*" in command
 
 
-def test_locust_service_targets_triton_and_keeps_reports():
+def test_locust_service_goes_through_the_gateway_and_keeps_reports():
     service = SERVICES["locust"]
     assert service["build"]["target"] == "loadtest"
     command = " ".join(service["command"])
-    assert "--headless" in command and ":8000" in command and ":8001" in command
+    assert "--headless" in command and "gateway:8000" in command and "gateway:8001" in command
+    assert "--slo-report=/opt/tce/load_tests/reports/slo_verdict.json" in command
     assert any(v.startswith("./load_tests/reports:") for v in service["volumes"])
-    assert "triton" in service["depends_on"]
+    assert "gateway" in service["depends_on"]
+
+
+def test_the_admin_key_comes_from_a_secret_file_never_committed():
+    assert COMPOSE["secrets"]["tce_admin_key"]["file"] == "${TCE_ADMIN_KEY_FILE:-./secrets/admin-key}"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "secrets/admin-key"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0, "secrets/ must be ignored by git"
+
+
+def test_entrypoint_restricts_what_tce_serve_restricts():
+    from tce.security import ADMIN_KEY_HEADER, RESTRICTED_APIS
+
+    entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
+    assert f'restricted="{",".join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}=$key"' in entrypoint
+    assert '"--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted"' in entrypoint
 
 
 def test_dockerfile_uses_the_embedded_servers_release():
@@ -107,6 +159,19 @@ def test_dockerfile_uses_the_embedded_servers_release():
     assert f"tritonserver:{NGC_RELEASE}-py3" in DOCKERFILE
     assert "FROM ${TRITON_IMAGE} AS server" in stages["server"]
     assert "COPY python_backends" in stages["server"] and "PYTHONPATH=/opt/tce/python_backends" in stages["server"]
+
+
+def test_servers_run_unprivileged_behind_the_entrypoint():
+    stages = _stages()
+    for name in ("server", "server-cpu"):
+        users = re.findall(r"^USER\s+(\S+)", stages[name], re.MULTILINE)
+        assert users and users[-1] == "triton-server", f"{name} must end as the unprivileged user"
+    assert 'ENTRYPOINT ["/opt/tce/entrypoint.sh"]' in stages["server"]
+    assert "tce_backends.canary" in stages["server"]  # HEALTHCHECK
+
+
+def test_cpu_server_installs_the_cpu_only_torch_build():
+    assert "--index-url https://download.pytorch.org/whl/cpu" in _stages()["server-cpu"]
 
 
 def test_dockerfile_adds_only_what_the_python_steps_need():

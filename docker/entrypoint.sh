@@ -1,0 +1,48 @@
+#!/bin/sh
+# Entrypoint of the tce Triton images: tritonserver with its administrative endpoints
+# behind the admin key, plus a canary watchdog that stops the server when the ensemble
+# stops answering (a dead Python step leaves Triton "ready"), so the container exits
+# and `restart: unless-stopped` brings it back. See docs/security.md.
+#
+#   TCE_ADMIN_KEY_FILE   file holding the key (default: the compose secret below)
+#   TCE_ADMIN_KEY        the key itself, when no file is given
+#   TCE_WATCH_INTERVAL   seconds between canary inferences (default 10; 0: no watchdog)
+#   TCE_CANARY_URL       where the watchdog reaches Triton's HTTP endpoint (default localhost:8000)
+set -eu
+
+key_file="${TCE_ADMIN_KEY_FILE:-/run/secrets/tce_admin_key}"
+if [ -r "$key_file" ]; then
+    key="$(tr -d '[:space:]' < "$key_file")"
+elif [ -e "$key_file" ]; then
+    echo "tce: cannot read the admin key file $key_file as uid $(id -u): make it readable for that uid" \
+         "(make admin-key does)" >&2
+    exit 64
+else
+    key="${TCE_ADMIN_KEY:-}"
+fi
+case "$key" in *[,:=]*) key="" ;; esac
+if [ "${#key}" -lt 16 ]; then
+    echo "tce: no usable admin key (16+ characters without ',', ':' or '='): run 'make admin-key' to create" \
+         "secrets/admin-key, or set TCE_ADMIN_KEY_FILE / TCE_ADMIN_KEY" >&2
+    exit 64
+fi
+restricted="model-repository,shared-memory,logging,trace:tce-admin-key=$key"
+
+tritonserver "$@" "--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT
+
+watchdog=""
+if [ "${TCE_WATCH_INTERVAL:-10}" != "0" ]; then
+    # A dead step never finishes its in-flight requests: SIGKILL after 10 s rather than Triton's 30.
+    python3 -m tce_backends.canary --url "${TCE_CANARY_URL:-localhost:8000}" --watch "$server" \
+        --interval "${TCE_WATCH_INTERVAL:-10}" --grace 10 &
+    watchdog=$!
+fi
+
+status=0
+while kill -0 "$server" 2>/dev/null; do
+    wait "$server" && status=0 || status=$?
+done
+[ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
+exit "$status"
