@@ -58,8 +58,14 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.vocab_size = config.vocab_size
 
     def forward(self, input_ids: Tensor) -> Tensor:
+        # An id outside the table is an error, not a lookup: on a GPU it would be a
+        # device-side assert that breaks the model for every later request.
+        if bool(((input_ids < 0) | (input_ids >= self.vocab_size)).any()):
+            # TorchScript needs the literal: it is contract.TOKEN_RANGE_ERROR (a test keeps them equal).
+            raise ValueError("input_ids: token ids must be in [0, vocab_size)")
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         embedded = (self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
                     + self.token_type_embeddings.weight[0])

@@ -4,35 +4,118 @@
 // compares the shape with the data or the model, so one JSON request with a huge
 // shape aborts the whole server (std::bad_alloc), and its recursive JSON reader can
 // be driven into a stack overflow by deep nesting (docs/security.md). Here every
-// inference request's JSON header must parse (njs refuses nesting deeper than 32)
-// and every input's shape must be at most MAX_DIMS non-negative integers whose
-// product stays within $tce_max_elements. Accepted requests go on unchanged
-// (the original body, binary tensors included) through the internal /_triton/
-// location; refused ones get a 400 naming the input and the problem.
+// inference request's JSON header must parse (njs refuses nesting deeper than 32),
+// every input's shape must be at most MAX_DIMS positive integers whose product stays
+// within $tce_max_elements, and JSON data must hold exactly that many values of the
+// input's datatype. Accepted requests go on unchanged (the original body, binary
+// tensors included) through the internal /_triton/ location; refused ones get a 400
+// that names the input and the problem, where Triton would answer a 500 without it.
 var MAX_DIMS = 8;
+var NUMERIC = {BOOL: 'boolean', UINT8: 'number', UINT16: 'number', UINT32: 'number', UINT64: 'number',
+               INT8: 'number', INT16: 'number', INT32: 'number', INT64: 'number', FP16: 'number',
+               FP32: 'number', BF16: 'number', FP64: 'number', BYTES: 'string'};
+// Triton reads NaN and Infinity as numbers (NaN: a missing numeric); so does the check here.
+var STRING_OR_NON_FINITE = /"(?:[^"\\]|\\.)*"|-?\bInfinity\b|\bNaN\b/g;
+// In a JSON string with escaped backslashes removed: a \uD800-\uDBFF escape not followed by
+// a \uDC00-\uDFFF one, or the latter alone. Triton refuses such strings with a 500.
+var LONE_SURROGATE = /\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}/;
+var ESCAPED_BACKSLASH = /\\\\/g;
 
 function refuse(r, problem) {
     r.headersOut['Content-Type'] = 'application/json';
     r.return(400, JSON.stringify({error: 'refused by the gateway: ' + problem}));
 }
 
-function shapeProblem(input, maxElements) {
-    var name = typeof input.name === 'string' ? input.name : '?';
+function shapeProblem(input, name, maxElements) {
     var shape = input.shape;
-    if (!Array.isArray(shape) || shape.length > MAX_DIMS) {
-        return "input '" + name + "': shape must be a list of at most " + MAX_DIMS + ' integers';
+    if (!Array.isArray(shape) || shape.length === 0 || shape.length > MAX_DIMS) {
+        return "input '" + name + "': shape must be a list of 1 to " + MAX_DIMS + ' integers';
     }
     var elements = 1;
     for (var i = 0; i < shape.length; i++) {
         var dim = shape[i];
-        if (typeof dim !== 'number' || dim < 0 || Math.floor(dim) !== dim) {
+        if (typeof dim !== 'number' || dim < 1 || Math.floor(dim) !== dim) {
             return "input '" + name + "': shape " + JSON.stringify(shape) + ' holds something other than a '
-                + 'non-negative integer';
+                + 'positive integer';
         }
         elements *= dim;
         if (elements > maxElements) {
             return "input '" + name + "': shape " + JSON.stringify(shape) + ' has more than ' + maxElements
                 + ' elements';
+        }
+    }
+    return null;
+}
+
+function elementCount(shape) {
+    var count = 1;
+    for (var i = 0; i < shape.length; i++) {
+        count *= shape[i];
+    }
+    return count;
+}
+
+// Counts the values of nested JSON data, or returns a problem with one of them.
+function dataProblem(data, name, kind, expected) {
+    var stack = [data], seen = 0;
+    while (stack.length) {
+        var value = stack.pop();
+        if (Array.isArray(value)) {
+            for (var i = value.length - 1; i >= 0; i--) {
+                stack.push(value[i]);
+            }
+            continue;
+        }
+        if (typeof value !== kind) {
+            return "input '" + name + "': data holds " + (value === null ? 'null' : typeof value) + ' where a '
+                + kind + ' belongs (send missing numbers as NaN in binary, missing text as "")';
+        }
+        seen += 1;
+        if (seen > expected) {
+            break;
+        }
+    }
+    return seen === expected ? null : "input '" + name + "': its shape holds " + expected + ' values but data has '
+        + (seen > expected ? 'more' : seen);
+}
+
+function inputProblem(input, maxElements) {
+    if (input === null || typeof input !== 'object' || Array.isArray(input)) {
+        return 'every input must be an object';
+    }
+    if (typeof input.name !== 'string' || input.name === '') {
+        return "every input needs a 'name'";
+    }
+    var name = input.name;
+    var kind = NUMERIC[input.datatype];
+    if (kind === undefined) {
+        return "input '" + name + "': unknown datatype " + JSON.stringify(input.datatype);
+    }
+    var problem = shapeProblem(input, name, maxElements);
+    if (problem) {
+        return problem;
+    }
+    if (input.data !== undefined) {
+        return dataProblem(input.data, name, kind, elementCount(input.shape));
+    }
+    var size = input.parameters && input.parameters.binary_data_size;
+    if (typeof size !== 'number' || size < 0 || Math.floor(size) !== size) {
+        return "input '" + name + "': needs JSON 'data' or a non-negative integer 'binary_data_size' parameter";
+    }
+    return null;
+}
+
+function parametersProblem(parameters) {
+    if (parameters === undefined) {
+        return null;
+    }
+    if (parameters === null || typeof parameters !== 'object' || Array.isArray(parameters)) {
+        return "'parameters' must be an object";
+    }
+    for (var key in parameters) {
+        var kind = typeof parameters[key];
+        if (kind !== 'string' && kind !== 'number' && kind !== 'boolean') {
+            return "parameter '" + key + "' must be a string, a number or a boolean";
         }
     }
     return null;
@@ -45,14 +128,27 @@ function inferenceHeader(r) {
     }
     var length = r.headersIn['Inference-Header-Content-Length'];
     if (length !== undefined) {
-        var n = Number(length);
-        if (!(n >= 0) || Math.floor(n) !== n || n > body.length) {
-            return {problem: 'Inference-Header-Content-Length must be an integer within the body size'};
+        var n = /^[0-9]+$/.test(length) ? Number(length) : NaN;
+        if (!(n > 0) || n > body.length) {
+            return {problem: 'Inference-Header-Content-Length must be a positive integer within the body size'};
         }
         body = body.slice(0, n);
     }
+    var lone = false;
+    var checkable = body.toString().replace(STRING_OR_NON_FINITE, function (token) {
+        if (token.charAt(0) !== '"') {
+            return '0';
+        }
+        if (token.indexOf('\\u') >= 0 && LONE_SURROGATE.test(token.replace(ESCAPED_BACKSLASH, ''))) {
+            lone = true;
+        }
+        return token;
+    });
+    if (lone) {
+        return {problem: 'a string holds a lone UTF-16 surrogate escape, which is not valid Unicode'};
+    }
     try {
-        return {header: JSON.parse(body.toString())};
+        return {header: JSON.parse(checkable)};
     } catch (e) {
         return {problem: 'the request is not valid JSON (or is nested too deeply): ' + e.message};
     }
@@ -68,19 +164,20 @@ function infer(r) {
         refuse(r, parsed.problem);
         return;
     }
-    var inputs = parsed.header && parsed.header.inputs;
-    if (!Array.isArray(inputs)) {
-        refuse(r, "the request needs an 'inputs' list");
+    var header = parsed.header;
+    var inputs = header !== null && typeof header === 'object' ? header.inputs : undefined;
+    if (!Array.isArray(inputs) || inputs.length === 0) {
+        refuse(r, "the request needs a non-empty 'inputs' list");
         return;
     }
     var maxElements = Number(r.variables.tce_max_elements);
-    for (var i = 0; i < inputs.length; i++) {
-        var problem = inputs[i] && typeof inputs[i] === 'object' ? shapeProblem(inputs[i], maxElements)
-                                                                 : 'every input must be an object';
-        if (problem) {
-            refuse(r, problem);
-            return;
-        }
+    var problem = parametersProblem(header.parameters);
+    for (var i = 0; i < inputs.length && !problem; i++) {
+        problem = inputProblem(inputs[i], maxElements);
+    }
+    if (problem) {
+        refuse(r, problem);
+        return;
     }
     r.subrequest('/_triton' + r.uri, {method: 'POST', args: r.variables.args || ''}, function (reply) {
         var pass = ['Content-Type', 'Inference-Header-Content-Length', 'Content-Encoding'];

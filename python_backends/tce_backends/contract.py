@@ -27,6 +27,10 @@ PROBABILITIES = "probabilities__0"
 CALIBRATION_VERSION = "calibration_version"
 CALIBRATION_FALLBACK = "calibration_fallback"
 
+# What model.pt raises for a token id outside its vocabulary (tce/modeling.py); the
+# Python host turns it into an invalid-argument error naming the input.
+TOKEN_RANGE_ERROR = "token ids must be in [0, vocab_size)"
+
 RESERVED_NAMES = {NUMERIC_FEATURES, CATEGORICAL_FEATURES, TABULAR, CALIBRATION_VERSION, CALIBRATION_FALLBACK}
 
 

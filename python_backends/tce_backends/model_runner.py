@@ -7,6 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .contract import TOKEN_RANGE_ERROR
+from .errors import InputError
+
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
@@ -25,6 +28,12 @@ class ModelRunner:
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         tensors = [torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for array in inputs]
-        with torch.inference_mode():
-            output = self.module(*tensors)
+        try:
+            with torch.inference_mode():
+                output = self.module(*tensors)
+        except (RuntimeError, torch.jit.Error) as error:  # TorchScript wraps what the model raises
+            # Ours (tce/modeling.py), or torch's embedding lookup in a model.pt from elsewhere (CPU).
+            if TOKEN_RANGE_ERROR in str(error) or "index out of range in self" in str(error):
+                raise InputError("input_ids", TOKEN_RANGE_ERROR) from None
+            raise
         return output.float().cpu().numpy()

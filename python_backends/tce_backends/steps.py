@@ -136,8 +136,22 @@ class ModelStep:
         self.output_names = (contract.PROBABILITIES,)
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """The preprocessor's outputs, when a caller sends them to this step directly."""
         out = {name: _require(inputs, name) for name in self.input_names}
         _batch_size(out)
+        *tokens, tabular = self.input_names
+        for ids_name, mask_name in zip(tokens[::2], tokens[1::2]):
+            ids, mask = out[ids_name], out[mask_name]
+            if ids.dtype != np.int64 or mask.dtype != np.int64 or ids.ndim != 3 or ids.shape != mask.shape:
+                raise InputError(ids_name, "token ids and attention mask must be int64 arrays of one shape "
+                                           "[batch, chunks, length]")
+            if ids.size and ids.min() < 0:
+                raise InputError(ids_name, "token ids must be >= 0")
+            if not np.isin(mask, (0, 1)).all():
+                raise InputError(mask_name, "attention mask values must be 0 or 1")
+        features = out[tabular]
+        if features.dtype != np.float32 or not np.isfinite(features).all():
+            raise InputError(tabular, "tabular features must be finite float32 values")
         return out
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
@@ -166,7 +180,16 @@ class CalibratorStep:
         self._version = calibrator.version.encode()
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """The model's output, when a caller sends it to this step directly."""
         probabilities = _require(inputs, contract.PROBABILITIES)
+        expected = sum(t.num_classes for t in self.calibrator.tasks)
+        if probabilities.ndim != 2 or probabilities.shape[1] != expected or probabilities.dtype.kind != "f":
+            raise InputError(contract.PROBABILITIES, f"expected float probabilities of shape [batch, {expected}], "
+                                                     f"got {probabilities.dtype} {list(probabilities.shape)}")
+        with np.errstate(invalid="ignore"):
+            inside = (probabilities >= 0) & (probabilities <= 1)
+        if not inside.all():
+            raise InputError(contract.PROBABILITIES, "probabilities must be finite values in [0, 1]")
         return {contract.PROBABILITIES: probabilities}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:

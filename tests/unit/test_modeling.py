@@ -78,6 +78,19 @@ def test_all_padding_warmup_batch_runs(bimodal_bundle):
     assert out.shape == (1, 6) and np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("token_id", [-1, 10 ** 9])
+def test_token_ids_outside_the_vocabulary_are_an_input_error(bimodal_bundle, token_id):
+    """Not an index error (a device-side assert on a GPU, which breaks the model for everyone)."""
+    from tce_backends.contract import TOKEN_RANGE_ERROR
+    from tce_backends.errors import InputError
+
+    runner = ModelRunner(bimodal_bundle.model_path, device="cpu")
+    ids = np.full((1, 2, 64), token_id, np.int64)
+    with pytest.raises(InputError, match=r"input 'input_ids'.*" + TOKEN_RANGE_ERROR.replace("[", r"\[")
+                       .replace(")", r"\)")):
+        runner([ids, np.ones((1, 2, 64), np.int64), np.zeros((1, 8), np.float32)])
+
+
 def test_schema_round_trips_through_json(bimodal_bundle):
     schema = schema_for(bimodal_bundle.manifest)
     assert EnsembleSchema.from_json(schema.to_json()) == schema
