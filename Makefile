@@ -43,6 +43,14 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
+# Hostile input and fault drills only (all of them also run in `make test`); see docs/security.md.
+FAULT_TESTS := tests/integration/test_hostile_input.py tests/integration/test_attack_table.py \
+	tests/integration/test_admin_security.py tests/integration/test_gateway.py tests/integration/test_overload.py \
+	tests/e2e/test_serve_lifecycle.py tests/e2e/test_container_entrypoint.py
+.PHONY: test-faults
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAULT_TESTS)
+
 clean:
 	rm -rf artifacts && git clean -fdXq -- $(REPOSITORY)
 

@@ -30,9 +30,12 @@ restricted="model-repository,shared-memory,logging,trace:tce-admin-key=$key"
 
 tritonserver "$@" "--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted" &
 server=$!
-trap 'kill -TERM "$server" 2>/dev/null || true' TERM INT
-
 watchdog=""
+stopping=""
+# docker stop: end the watchdog first (a server shutting down must not look broken), then the server.
+trap 'stopping=1; [ -z "$watchdog" ] || kill -TERM "$watchdog" 2>/dev/null; kill -TERM "$server" 2>/dev/null || true' \
+    TERM INT
+
 if [ "${TCE_WATCH_INTERVAL:-10}" != "0" ]; then
     # A dead step never finishes its in-flight requests: SIGKILL after 10 s rather than Triton's 30.
     python3 -m tce_backends.canary --url "${TCE_CANARY_URL:-localhost:8000}" --watch "$server" \
@@ -44,5 +47,9 @@ status=0
 while kill -0 "$server" 2>/dev/null; do
     wait "$server" && status=0 || status=$?
 done
-[ -n "$watchdog" ] && kill "$watchdog" 2>/dev/null
+# The watchdog ends within a fraction of a second once the server is gone; 1 means it stopped it.
+if [ -z "$stopping" ] && [ -n "$watchdog" ] && ! wait "$watchdog"; then
+    echo "tce: the watchdog stopped a broken server; exiting so that the container restarts" >&2
+    [ "$status" -ne 0 ] || status=70
+fi
 exit "$status"

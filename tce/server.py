@@ -27,17 +27,16 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from tce_backends.canary import Canary
+from tce_backends.canary import Canary, Watch
 
 if TYPE_CHECKING:
     from .gateway import Gateway
 from .processes import die_with_parent, kill_group, pid_alive
-from .security import generate_admin_key, http_headers, restricted_api_args, write_admin_key
+from .security import generate_admin_key, restricted_api_args, write_admin_key
 
 # The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
 TRITON_VERSION = "2.51.0"
@@ -299,37 +298,10 @@ class EmbeddedServer:
             return "(no log)"
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
-    def stub_pids(self) -> dict[int, str]:
-        """PID -> step name of this server's Python backend stubs."""
-        if self.process is None:
-            return {}
-        stubs = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) != self.process.pid:
-                    continue
-                argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue
-            if argv and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
-                stubs[int(stat.parent.name)] = Path(argv[1].decode(errors="replace")).parent.parent.name
-        return stubs
-
     def restart(self) -> "EmbeddedServer":
         """Stop (briefly) and start again with the same ports, id, admin key and log."""
         self.stop(timeout_s=10, keep_run_dir=True)
         return self.start()
-
-    def ready_models(self) -> set[str]:
-        """Models the server reports READY (asked with the admin key)."""
-        request = urllib.request.Request(f"http://{self.config.http_url}/v2/repository/index", data=b"{}",
-                                         headers={"Content-Type": "application/json", **http_headers(self.admin_key)})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return {m["name"] for m in json.loads(response.read()) if m.get("state") == "READY"}
-        except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
-            return set()
 
     def stop(self, timeout_s: float = 30.0, force: Callable[[], bool] = lambda: False,
              report: Callable[[str], None] | None = None, keep_log: bool = False,
@@ -436,53 +408,29 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
     return 0
 
 
-class _Health:
-    """Two signs that the ensemble is broken although Triton says ready: a step
-    lost a stub process (Triton neither notices nor restarts it; a step with two
-    instances then fails half its requests, which one canary may not catch), or the
-    canary inference fails."""
-
-    def __init__(self, server: EmbeddedServer, watchdog: Watchdog) -> None:
-        self.server, self.watchdog = server, watchdog
-        self.canary = Canary(server.config.http_url, watchdog.model)
-        self.reset()
-
-    def reset(self) -> None:
-        self.baseline = Counter(self.server.stub_pids().values())
-        self.failed, self.next_probe = 0, time.monotonic() + self.watchdog.interval_s
-
-    def problem(self) -> str:
-        dead = self._dead_steps()
-        if dead:
-            return f"the Python stub of {', '.join(dead)} died"
-        if time.monotonic() < self.next_probe:
-            return ""
-        self.next_probe = time.monotonic() + self.watchdog.interval_s
-        failure = self.canary.probe()
-        self.failed = self.failed + 1 if failure else 0
-        return failure if failure and self.failed >= self.watchdog.failures else ""
-
-    def _dead_steps(self) -> list[str]:
-        current = Counter(self.server.stub_pids().values())
-        short = sorted(step for step, count in self.baseline.items() if current[step] < count)
-        if not short:
-            self.baseline |= current  # a published calibrator version may add instances
-            return []
-        ready = self.server.ready_models()
-        return [step for step in short if step in ready]  # unloaded on purpose is not dead
-
-
 def _supervise(server: EmbeddedServer, watchdog: Watchdog | None, stopping: Callable[[], bool],
                print_: Callable[[str], None]) -> int:
-    health = _Health(server, watchdog) if watchdog else None
+    """Watch the server until ``stopping()``: the stub processes every quarter second,
+    a canary every ``watchdog.interval_s``; restart it when it breaks."""
+    url = server.config.http_url
+    watch = None
+    if watchdog is not None and server.process is not None:
+        watch = Watch(Canary(url, watchdog.model), server.process.pid, watchdog.failures)
     restarts: list[float] = []
+    next_check = time.monotonic() + (watchdog.interval_s if watchdog else 0)
     while not stopping():
         time.sleep(0.25)
         if server.process is None or server.process.poll() is not None:
             print_(f"tce serve: tritonserver exited unexpectedly; log: {server.log_path}\n{server.log_tail(15)}")
             return 1
-        problem = health.problem() if health else ""
-        if not problem or watchdog is None or health is None:
+        if watch is None or watchdog is None:
+            continue
+        dead = watch.dead_steps()
+        problem = f"the Python stub of {', '.join(dead)} died" if dead else None
+        if problem is None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + watchdog.interval_s
+            problem = watch.check()
+        if not problem:
             continue
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < watchdog.restart_window_s] + [now]
@@ -494,5 +442,6 @@ def _supervise(server: EmbeddedServer, watchdog: Watchdog | None, stopping: Call
                f"(restart {len(restarts)} of at most {watchdog.max_restarts})")
         server.restart()
         print_(f"Triton ready again: HTTP {server.config.http_url}")
-        health.reset()
+        if server.process is not None:
+            watch.reset(server.process.pid)
     return 0

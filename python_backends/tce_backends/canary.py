@@ -1,16 +1,21 @@
-"""Health that means "the ensemble answers": a canary inference, not only
-``/v2/health/ready``.
+"""Health that means "the ensemble answers", not only ``/v2/health/ready``.
 
 Triton keeps reporting ready after a Python step's stub process dies; every request
-that reaches that instance then fails with "Stub process is not healthy". ``probe``
-sends a few requests at once (so that a step with several instances has each of them
-probed) of one record built from the schema the ensemble publishes (empty texts,
-zeros, missing categories) and checks every answer. ``tce serve`` probes this way to restart a broken server, and the
-container image uses the command line below as its healthcheck and as a watchdog
-that stops a broken server so the container restarts:
+that reaches that instance then fails with "Stub process is not healthy". Two checks
+catch it:
+
+- ``Canary.probe`` sends a few concurrent requests of one record built from the schema
+  the ensemble publishes (empty texts, zeros, missing categories) and checks every
+  answer. A refusal for overload (full queue) is not a failure: restarting would not help.
+- ``Watch`` also counts the server's stub processes per step against the instance
+  counts in the published configs: a ready step with fewer is broken, even when the
+  canary's requests all happen to reach a healthy instance of it.
+
+``tce serve`` restarts Triton on either; the container image uses the command line as
+its healthcheck and as a watchdog that stops a broken server so the container restarts:
 
     python3 -m tce_backends.canary --url localhost:8000                 # one probe, exit 0/1
-    python3 -m tce_backends.canary --url localhost:8000 --watch PID     # stop PID when probes keep failing
+    python3 -m tce_backends.canary --url localhost:8000 --watch PID     # stop PID once it breaks
 
 Standard library only: it runs inside the server image, which has no client SDK.
 """
@@ -26,10 +31,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 DEFAULT_MODEL = "calibrated_ensemble"
 SCHEMA_PARAMETER = "tce_schema"
+# Triton's words for a request refused because of load: the server works, it is busy.
+_BUSY = ("Exceeds maximum queue size", "Request timeout expired")
 
 
 def _get_json(url: str, timeout_s: float) -> Any:
@@ -87,7 +96,10 @@ class Canary:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}
         except urllib.error.HTTPError as error:
-            return f"canary inference failed: HTTP {error.code}: {_error_text(error)}"
+            text = _error_text(error)
+            if any(busy in text for busy in _BUSY):
+                return None
+            return f"canary inference failed: HTTP {error.code}: {text}"
         except (OSError, urllib.error.URLError) as error:
             return f"canary inference failed: {getattr(error, 'reason', error)}"
         except (ValueError, KeyError, TypeError) as error:
@@ -106,20 +118,96 @@ def _error_text(error: urllib.error.HTTPError) -> str:
         return error.reason
 
 
+def stub_counts(server_pid: int, proc: Path = Path("/proc")) -> Counter:
+    """Step name -> number of Python backend stub processes of the server ``server_pid``."""
+    counts: Counter = Counter()
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1:
+            counts[Path(argv[1].decode(errors="replace")).parent.parent.name] += 1  # <step>/<version>/model.py
+    return counts
+
+
+class Watch:
+    """Decides, one ``check`` at a time, whether a running server is broken."""
+
+    def __init__(self, canary: Canary, server_pid: int, failures: int = 2) -> None:
+        self.canary, self.failures = canary, failures
+        self.reset(server_pid)
+
+    def reset(self, server_pid: int) -> None:
+        """Start over, e.g. for a restarted server; failed canaries count once it has answered."""
+        self.server_pid = server_pid
+        self.failed, self.answered = 0, False
+        self._expected: dict[str, int] | None = None
+
+    def _get(self, path: str) -> Any:
+        return _get_json(f"{self.canary.base}{path}", self.canary.timeout_s)
+
+    def expected_stubs(self) -> dict[str, int]:
+        """Stub processes each Python step of the ensemble runs, from the published configs."""
+        expected = {}
+        ensemble = self._get(f"/v2/models/{self.canary.model}/config")
+        for step in ensemble["ensemble_scheduling"]["step"]:
+            config = self._get(f"/v2/models/{step['model_name']}/config")
+            if config.get("backend") == "python":
+                expected[step["model_name"]] = sum(int(group.get("count", 1)) * max(1, len(group.get("gpus", [])))
+                                                   for group in config.get("instance_group", []))
+        return expected
+
+    def dead_steps(self) -> list[str]:
+        """Ready steps running fewer stub processes than their configs ask for."""
+        current = stub_counts(self.server_pid)
+        try:
+            if self._expected is None:
+                self._expected = self.expected_stubs()
+            short = [step for step, count in self._expected.items() if current[step] < count]
+            if short:  # a config may have changed (a published version): ask again before judging
+                self._expected = self.expected_stubs()
+                short = [step for step, count in self._expected.items() if current[step] < count]
+            return sorted(step for step in short if self._ready(step))
+        except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
+            return []  # not answering (yet): the canary judges that
+
+    def _ready(self, step: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.canary.base}/v2/models/{step}/ready",
+                                        timeout=self.canary.timeout_s) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False  # unloaded on purpose, or loading: not a dead stub
+
+    def check(self) -> str | None:
+        dead = self.dead_steps()
+        if dead:
+            return f"the Python stub of {', '.join(dead)} died"
+        problem = self.canary.probe()
+        if problem is None:
+            self.answered, self.failed = True, 0
+            return None
+        self.failed = self.failed + 1 if self.answered else 0  # models may take minutes to load
+        return problem if self.failed >= self.failures else None
+
+
 def watch(canary: Canary, pid: int, interval_s: float, failures: int, grace_s: float) -> int:
-    """Probe every ``interval_s``; after ``failures`` failed probes in a row, stop
-    ``pid`` (SIGTERM, SIGKILL after ``grace_s``) and return 1. Failures count only
-    once the ensemble has answered (models may take minutes to load)."""
-    failed, answered = 0, False
+    """Check every ``interval_s``; once the server is broken, stop ``pid`` (SIGTERM,
+    SIGKILL after ``grace_s``) and return 1. Returns 0 when ``pid`` exits by itself."""
+    watcher = Watch(canary, pid, failures)
     while _alive(pid):
-        time.sleep(interval_s)
-        problem = canary.probe()
-        answered = answered or problem is None
-        failed = failed + 1 if problem and answered else 0
-        if problem and answered:
-            print(f"tce canary: {problem} ({failed}/{failures})", file=sys.stderr, flush=True)
-        if failed >= failures:
-            print(f"tce canary: the ensemble stopped answering; stopping process {pid}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + interval_s
+        while time.monotonic() < deadline and _alive(pid):  # notice a server that exits by itself at once
+            time.sleep(0.2)
+        if not _alive(pid):
+            break
+        problem = watcher.check()
+        if problem:
+            print(f"tce canary: the ensemble stopped answering ({problem}); stopping process {pid}",
+                  file=sys.stderr, flush=True)
             _stop(pid, grace_s)
             return 1
     return 0
@@ -156,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="keep probing and stop PID when the ensemble stops answering")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between probes (default: %(default)s)")
     parser.add_argument("--failures", type=int, default=3,
-                        help="failed probes in a row before stopping PID (default: %(default)s)")
+                        help="failed probes in a row before stopping PID (default: %(default)s); a step that "
+                             "lost a stub process stops it at once")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds between SIGTERM and SIGKILL (default: %(default)s)")
     args = parser.parse_args(argv)
