@@ -65,8 +65,9 @@ def main() -> None:
     inputs = schema_for(bundle.manifest).encode(frame)
     tokenizer = TokenizerStep(bundle.text)
     tabular = TabularStep(bundle.tabular, bundle.manifest.text_fields)
-    row("text_tokenizer step (validate + run)", args.batch, best_of(lambda: tokenizer.run(tokenizer.validate(inputs))))
-    row("tabular_preprocessor step (validate + run)", args.batch,
+    row("preprocessor, text part (validate + run)", args.batch,
+        best_of(lambda: tokenizer.run(tokenizer.validate(inputs))))
+    row("preprocessor, tabular part (validate + run)", args.batch,
         best_of(lambda: tabular.run(tabular.validate(inputs))))
 
 

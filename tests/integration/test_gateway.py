@@ -56,9 +56,10 @@ def test_callers_get_the_same_answers_through_the_gateway(gateway, bimodal_serve
 @needs_nginx
 @pytest.mark.parametrize("case, expected_status, expected", [
     ("huge declared shape", 400, b"more than"),
-    ("negative dimension", 400, b"non-negative integer"),
+    ("negative dimension", 400, b"positive integer"),
     ("deeply nested JSON", 400, b"nested too deeply"),
-    ("Infinity in JSON", 400, b"not valid JSON"),
+    ("lone surrogate escape", 400, b"lone UTF-16 surrogate"),
+    ("4 values for shape [1, 5]", 400, b"holds 5 values but data has 4"),
     ("body over the limit", 413, b""),
     ("header length beyond the body", 400, b"Inference-Header-Content-Length"),
 ])
@@ -73,8 +74,11 @@ def test_requests_that_crash_triton_are_refused_at_the_gateway(gateway, bimodal_
     elif case == "deeply nested JSON":
         body = b'{"inputs": [{"name": "dialogue", "shape": [1, 1], "datatype": "BYTES", "data": ' + \
                b"[" * 100_000 + b"]" * 100_000 + b"}]}"
-    elif case == "Infinity in JSON":
-        body = json.dumps(json_body()).replace("2.0", "Infinity").encode()
+    elif case == "lone surrogate escape":
+        body = json.dumps(json_body()).replace("hello", "\\ud800").encode()
+    elif case == "4 values for shape [1, 5]":
+        body = json.dumps(json_body(numeric_features={"name": "numeric_features", "shape": [1, 5],
+                                                      "datatype": "FP64", "data": [1.0] * 4})).encode()
     elif case == "body over the limit":
         body = json.dumps(json_body({"dialogue": ["x" * 2_000_000], "numeric_features": [1.0] * 5,
                                      "categorical_features": ["a", "b", "c"]})).encode()
@@ -83,6 +87,15 @@ def test_requests_that_crash_triton_are_refused_at_the_gateway(gateway, bimodal_
     status, answer = post(url, body, headers=headers)
     assert status == expected_status and expected in answer, (status, answer[:300])
     assert post_json(bimodal_server.http_url, json_body())[0] == 200  # Triton never saw it
+
+
+@needs_nginx
+def test_nan_and_infinity_pass_to_triton_which_reads_them(gateway):
+    """NaN is the documented missing numeric; Infinity is refused by the preprocessor, naming the column."""
+    url = _url(gateway, gateway.http_port)
+    assert post(url, json.dumps(json_body()).replace("2.0", "NaN").encode())[0] == 200
+    status, answer = post(url, json.dumps(json_body()).replace("2.0", "Infinity").encode())
+    assert status == 400 and b"account_age_days" in answer and b"refused by the gateway" not in answer
 
 
 @needs_nginx
