@@ -7,18 +7,29 @@ BUNDLE := artifacts/demo_bundle
 REPOSITORY := model_repository
 MODEL := $(REPOSITORY)/multimodal_model/1/model.pt
 PYTEST_ARGS ?=
+# Optional extra index for the CPU-only torch build, e.g. https://download.pytorch.org/whl/cpu.
+# Without it pip takes torch 2.13.0 from PyPI: the CUDA build (several GB, also runs on CPU).
+TORCH_INDEX ?=
 
 .PHONY: setup bundle build demo serve test test-unit test-integration clean admin-key
 
 setup: $(STAMP)
 
-# One resolve of exact pins (numpy<2 for the Triton stubs, the CPU torch wheel), then the project itself.
+# One resolve of exact pins (numpy<2 for the Triton stubs), then the project itself.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q -r requirements.lock $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# The lock resolves from public PyPI alone, ignoring any local wheel folder or extra index.
+.PHONY: check-lock
+check-lock: $(STAMP)
+	env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT -u PIP_NO_INDEX \
+	    PIP_CONFIG_FILE=/dev/null $(BIN)/python -m pip install --dry-run --ignore-installed --quiet \
+	    --index-url https://pypi.org/simple -r requirements.lock
+	@echo "requirements.lock resolves from PyPI alone"
 
 bundle: $(BUNDLE)/manifest.json
 $(BUNDLE)/manifest.json: $(STAMP)

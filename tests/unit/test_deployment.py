@@ -214,3 +214,11 @@ def test_serving_code_parses_as_python_3_10():
 
     for path in (REPO_ROOT / "python_backends").rglob("*.py"):
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+
+
+def test_the_lock_pins_only_versions_public_pypi_has():
+    """A local version label (torch 2.13.0+cpu) exists only on PyTorch's own index; `make
+    check-lock` (run by CI) proves the whole lock resolves from PyPI alone."""
+    for line in (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if "==" in line:
+            assert "+" not in line.split("==")[1], f"{line}: local builds are not on PyPI"
