@@ -137,15 +137,31 @@ def _calibrate_publish(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import warnings
+
     import pandas as pd
 
-    from tce_client import CalibratedClassifierClient, predictions_to_frame, to_seed_csv, to_seed_json
+    from tce_client import (CalibratedClassifierClient, UnusedColumnsWarning, predictions_to_frame, to_seed_csv,
+                            to_seed_json)
 
     from .tables import read_frame, write_frame
 
     frame = read_frame(args.input)
+    if args.id_field and args.id_field not in frame:
+        raise ValueError(f"--id-field {args.id_field!r} is not a column of {args.input}")
     with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
-        predictions = client.predict(frame)
+        if args.format != "table":  # checked before scoring anything
+            tasks = [t.name for t in client.schema.tasks]
+            if args.task is None and len(tasks) > 1:
+                raise ValueError(f"--format {args.format} formats one task: add --task (one of {', '.join(tasks)})")
+            if args.task is not None and args.task not in tasks:
+                raise ValueError(f"--task {args.task!r} is not served; tasks: {', '.join(tasks)}")
+        with warnings.catch_warnings(record=True) as unused:
+            warnings.simplefilter("always", UnusedColumnsWarning)
+            predictions = client.predict(frame.drop(columns=[args.id_field]) if args.id_field else frame,
+                                         allow_missing_fields=args.allow_missing_columns)
+        for warning in unused:
+            print(f"note: {warning.message}")
     if args.format == "table":
         keep = frame[[args.id_field]] if args.id_field and args.id_field in frame else frame
         write_frame(pd.concat([keep.reset_index(drop=True), predictions_to_frame(predictions)], axis=1), args.output)
@@ -263,6 +279,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "seed-json", "seed-csv"), default="table")
     p.add_argument("--task", default=None, help="with seed formats: the task to format")
     p.add_argument("--id-field", default=None, help="with table: keep only this input column")
+    p.add_argument("--allow-missing-columns", action="store_true",
+                   help="score a model input missing from the file as missing in every row (default: an error "
+                        "naming the column and the closest one the file has)")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("loadtest", help="locust load test with latency SLOs (exit 1 on a miss)")
@@ -290,11 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a clear one-line error for known failures
         from tce_backends.errors import BundleError
 
+        from tce_client import ClientError
+
         from .gateway import GatewayError
         from .security import AdminKeyError
         from .server import ServerError
 
-        if isinstance(error, (BundleError, ServerError, GatewayError, AdminKeyError, ValueError,
+        if isinstance(error, (BundleError, ServerError, GatewayError, AdminKeyError, ClientError, ValueError,
                               FileNotFoundError)):
             print(f"tce {args.command}: error: {error}", file=sys.stderr)
             return 2

@@ -24,6 +24,7 @@ import time
 from typing import Any, Awaitable, Callable, Literal, TypeVar
 
 import numpy as np
+import pandas as pd
 
 from .endpoints import host_port
 from .errors import (InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError,
@@ -88,6 +89,10 @@ def _decode(schema: EnsembleSchema, outputs: dict[str, np.ndarray]) -> list[Pred
 
 def _slices(rows: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def _is_empty(records: Records) -> bool:
+    return len(records) == 0 if isinstance(records, (pd.DataFrame, list, tuple)) else False
 
 
 def _not_run(error: BaseException) -> bool:
@@ -160,9 +165,9 @@ class _Common:
             return self._module.InferRequestedOutput(name, binary_data=True)
         return self._module.InferRequestedOutput(name)
 
-    def _encode(self, records: Records) -> dict[str, np.ndarray]:
+    def _encode(self, records: Records, allow_missing_fields: bool) -> dict[str, np.ndarray]:
         assert self.schema is not None
-        return self.schema.encode(records)
+        return self.schema.encode(records, allow_missing_fields=allow_missing_fields)
 
     def _unavailable(self, error: BaseException) -> ServerUnavailableError:
         """Say whether nothing listens at the address, or something that does not speak
@@ -234,8 +239,12 @@ class CalibratedClassifierClient(_Common):
                   if self.protocol == "grpc" else self._client.get_model_config(self.model))
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
 
-    def predict(self, records: Records) -> list[Prediction]:
-        inputs = self._encode(records)
+    def predict(self, records: Records, allow_missing_fields: bool = False) -> list[Prediction]:
+        """One prediction per record (none for no records). A field absent from every
+        record is an error (``RecordError``) unless ``allow_missing_fields``."""
+        if _is_empty(records):
+            return []
+        inputs = self._encode(records, allow_missing_fields)
         rows = next(iter(inputs.values())).shape[0]
         predictions: list[Prediction] = []
         for part in _slices(rows, self.max_batch_size):
@@ -295,10 +304,12 @@ class AsyncCalibratedClassifierClient(_Common):
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
         return self
 
-    async def predict(self, records: Records) -> list[Prediction]:
+    async def predict(self, records: Records, allow_missing_fields: bool = False) -> list[Prediction]:
+        if _is_empty(records):
+            return []
         if self.schema is None:
             await self.connect()
-        inputs = self._encode(records)
+        inputs = self._encode(records, allow_missing_fields)
         rows = next(iter(inputs.values())).shape[0]
         limit = asyncio.Semaphore(self.max_concurrency)
 

@@ -3,9 +3,11 @@ into its input tensors. The server publishes this schema in the ensemble config'
 ``parameters``; nothing else is needed on the client side."""
 from __future__ import annotations
 
+import difflib
 import json
+import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,10 @@ Records = Union[pd.DataFrame, Sequence[Mapping[str, Any]], Mapping[str, Any]]
 NUMERIC_INPUT = "numeric_features"
 CATEGORICAL_INPUT = "categorical_features"
 SCHEMA_PARAMETER = "tce_schema"
+
+
+class UnusedColumnsWarning(UserWarning):
+    """Records carry columns the model does not take (ids, labels, another model's fields)."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +60,42 @@ class EnsembleSchema:
             "tasks": [{"name": t.name, "kind": t.kind, "classes": list(t.classes)} for t in self.tasks],
         }, separators=(",", ":"))
 
-    def encode(self, records: Records) -> dict[str, np.ndarray]:
+    @property
+    def input_fields(self) -> tuple[str, ...]:
+        """Every field a record may carry: text fields, then numeric and categorical features."""
+        return (*self.text_fields, *self.numeric_features, *self.categorical_features)
+
+    def check_fields(self, present: Iterable[str], allow_missing_fields: bool = False) -> list[str]:
+        """Fields absent from *every* record are a mistake (a misspelt column would
+        silently score as missing everywhere): RecordError naming them and the closest
+        columns present. Returns the columns the model does not take."""
+        present = [str(c) for c in present]
+        unknown = sorted(set(present) - set(self.input_fields))
+        missing = [f for f in self.input_fields if f not in present]
+        if missing and not allow_missing_fields:
+            hints = []
+            for field in missing:
+                close = difflib.get_close_matches(field, unknown, n=1, cutoff=0.6)
+                hints.append(f"'{field}'" + (f" (is '{close[0]}' meant?)" if close else ""))
+            raise RecordError(None, ", ".join(missing),
+                              f"absent from every record: {', '.join(hints)}. "
+                              + (f"Columns the model does not know: {', '.join(unknown)}. " if unknown else "")
+                              + "Fix the names, or allow_missing_fields=True (--allow-missing-columns) to score "
+                                "them as missing everywhere")
+        return unknown
+
+    def encode(self, records: Records, allow_missing_fields: bool = False) -> dict[str, np.ndarray]:
         """Records (dicts or a DataFrame) -> the ensemble's input arrays.
 
-        Missing text is "", missing numerics (None, NaN, absent) are NaN and get
-        the bundle's imputation value, missing categoricals are "" and get the
-        risk table's default bin. Unknown keys are ignored.
+        Per record, missing text is "", missing numerics (None, NaN, absent) are NaN
+        and get the bundle's imputation value, missing categoricals are "" and get the
+        risk table's default bin. A field absent from every record is an error unless
+        ``allow_missing_fields``; columns the model does not take are reported with an
+        ``UnusedColumnsWarning``.
         """
         frame = _as_frame(records)
+        if len(frame) == 0:
+            raise RecordError(None, "records", "no records to encode")
         rows = len(frame)
         inputs: dict[str, np.ndarray] = {}
         for field in self.text_fields:
@@ -71,6 +105,10 @@ class EnsembleSchema:
         if self.categorical_features:
             inputs[CATEGORICAL_INPUT] = np.stack(
                 [_strings(frame, f, rows, text=False) for f in self.categorical_features], axis=1)
+        unknown = self.check_fields(frame.columns, allow_missing_fields)
+        if unknown:
+            warnings.warn(UnusedColumnsWarning(f"columns the model does not take were left out: {', '.join(unknown)}"),
+                          stacklevel=3)
         return inputs
 
 
@@ -84,7 +122,7 @@ def _as_frame(records: Records) -> pd.DataFrame:
     for index, record in enumerate(records):
         if not isinstance(record, Mapping):
             raise RecordError(index, "record", f"expected a dict, got {type(record).__name__}")
-    return pd.DataFrame.from_records(list(records))
+    return pd.DataFrame(list(records), index=pd.RangeIndex(len(records)))  # [{}] is one record, not none
 
 
 def _numbers(frame: pd.DataFrame, field: str, rows: int) -> np.ndarray:

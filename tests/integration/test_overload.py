@@ -26,7 +26,8 @@ def small_queue_server(bimodal_bundle, tmp_path_factory):
 
 
 def _inputs(client: CalibratedClassifierClient, rows: int) -> list:
-    encoded = client.schema.encode([{"dialogue": "buyer: my parcel never came " * 20, "order_amount": 5.0}] * rows)
+    encoded = client.schema.encode([{"dialogue": "buyer: my parcel never came " * 20, "order_amount": 5.0}] * rows,
+                                    allow_missing_fields=True)
     tensors = []
     for name, array in encoded.items():
         tensor = grpcaio.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP64")
@@ -67,7 +68,7 @@ def test_a_burst_beyond_the_queues_is_refused_at_once_and_the_rest_is_served(sma
     # refusals come from the bounded queues: none waits much longer than the queue timeout
     assert max(seconds for seconds, _ in refused) < 0.5 * 3 + max(served)
     with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc") as client:
-        (prediction,) = client.predict([{"dialogue": "hello"}])
+        (prediction,) = client.predict([{"dialogue": "hello"}], allow_missing_fields=True)
     assert np.isfinite(prediction["abuse"].calibrated).all()
 
 
@@ -76,7 +77,7 @@ def test_the_sdk_retries_refusals_then_says_the_server_is_busy(small_queue_serve
     import concurrent.futures
 
     with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc", retries=1) as probe:
-        encoded = probe.schema.encode([{"dialogue": "buyer: my parcel never came " * 20}] * 64)
+        encoded = probe.schema.encode([{"dialogue": "buyer: my parcel never came " * 20}] * 64, allow_missing_fields=True)
 
     def one(_: int) -> str:
         with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc", retries=1,
