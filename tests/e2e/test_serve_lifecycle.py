@@ -2,6 +2,7 @@
 the first signal, is killed by the second, and never leaves orphans or shared memory."""
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -208,3 +209,28 @@ def test_serve_through_the_gateway_and_stop_everything(repository):
         assert _gone(list(children))
     finally:
         serve.close()
+
+
+def test_stop_after_rejected_requests_is_graceful_and_removes_the_run_directory(repository):
+    """A rejected request used to stay in flight for ever, so stopping waited out Triton's
+    30 s exit timeout; now nothing is left in flight and the run directory goes."""
+    from tests.hostile import json_body, post, post_json
+
+    serve = Serve(repository)
+    try:
+        ready = serve.wait_for("Triton ready")
+        run_dir = Path(ready.split("(log: ")[1].rstrip(")\n")).parent
+        for body in (json.dumps(json_body()).encode().replace(b"hello", b"\xff\xfe"),
+                     json.dumps(json_body()).replace("2.0", "Infinity").encode()):
+            assert post(serve.http_url, body)[0] == 400
+        assert post_json(serve.http_url, json_body())[0] == 200
+        log = (run_dir / "tritonserver.log")
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout=60) == 0
+        serve.wait_for("Triton stopped.")
+        said = "".join(serve.output)
+        assert "still stopping" not in said, said  # nothing left in flight to wait for
+        assert not run_dir.exists(), "a clean stop removes its run directory"
+    finally:
+        serve.close()
+    assert not log.exists()

@@ -1,0 +1,147 @@
+"""The usual mistakes of a new user, made at the command line: each gets one clear line
+on stderr and a non-zero exit code, never a traceback, and nothing is half done."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tce.demo_data import make_dataset
+from tce.repository import write_repository
+from tce.server import EmbeddedServer, ServerConfig, free_ports
+
+pytestmark = pytest.mark.e2e
+
+
+def tce(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tce.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TCE_ADMIN_KEY": "", "TCE_ADMIN_KEY_FILE": ""})
+
+
+def one_clear_line(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[0]
+    for word in words:
+        assert word in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def served(bimodal_bundle, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mistakes")
+    repository = write_repository(bimodal_bundle, root / "repository")
+    with EmbeddedServer(ServerConfig(repository, *free_ports())) as server:
+        yield server, root
+
+
+@pytest.fixture(scope="module")
+def records_file(served) -> Path:
+    _, root = served
+    path = root / "records.csv"
+    make_dataset(40, seed=11).drop(columns=["abuse", "reason", "events"]).to_csv(path, index=False)
+    return path
+
+
+def test_a_misspelt_column_stops_before_scoring_and_names_the_fix(served, records_file, tmp_path):
+    server, _ = served
+    frame = pd.read_csv(records_file).rename(columns={"dialogue": "dialog"})
+    frame.to_csv(tmp_path / "typo.csv", index=False)
+    result = tce("predict", "--url", server.config.http_url, "--input", str(tmp_path / "typo.csv"),
+                 "--output", str(tmp_path / "out.csv"), "--id-field", "record_id")
+    one_clear_line(result, "'dialogue'", "absent from every record", "'dialog'", "--allow-missing-columns")
+    assert not (tmp_path / "out.csv").exists()
+    allowed = tce("predict", "--url", server.config.http_url, "--input", str(tmp_path / "typo.csv"),
+                  "--output", str(tmp_path / "out.csv"), "--id-field", "record_id", "--allow-missing-columns")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "note: columns the model does not take were left out: dialog" in allowed.stdout
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 40
+
+
+def test_seed_format_without_a_task_fails_before_scoring(served, records_file, tmp_path):
+    server, _ = served
+    result = tce("predict", "--url", server.config.http_url, "--input", str(records_file),
+                 "--output", str(tmp_path / "out.json"), "--format", "seed-json")
+    one_clear_line(result, "--task", "abuse", "reason")
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_an_id_field_the_file_lacks_is_named(served, records_file, tmp_path):
+    server, _ = served
+    result = tce("predict", "--url", server.config.http_url, "--input", str(records_file),
+                 "--output", str(tmp_path / "out.csv"), "--id-field", "order_id")
+    one_clear_line(result, "--id-field 'order_id'")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_no_server_running(records_file, tmp_path, protocol):
+    (port,) = free_ports(1)
+    result = tce("predict", "--url", f"127.0.0.1:{port}", "--protocol", protocol, "--input", str(records_file),
+                 "--output", str(tmp_path / "out.csv"))
+    one_clear_line(result, f"no server listens at 127.0.0.1:{port}")
+
+
+def test_a_url_with_a_scheme_is_accepted(served, records_file, tmp_path):
+    server, _ = served
+    result = tce("predict", "--url", f"http://{server.config.http_url}/", "--input", str(records_file),
+                 "--output", str(tmp_path / "out.csv"))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("protocol, port_of", [("http", "grpc"), ("grpc", "http")])
+def test_the_other_protocols_port_is_named_as_such(served, records_file, tmp_path, protocol, port_of):
+    server, _ = served
+    url = server.config.grpc_url if port_of == "grpc" else server.config.http_url
+    result = tce("predict", "--url", url, "--protocol", protocol, "--input", str(records_file),
+                 "--output", str(tmp_path / "out.csv"))
+    one_clear_line(result, f"does not answer {protocol.upper()}", f"is it the {port_of.upper()} port")
+
+
+def test_publish_to_a_server_without_model_control_writes_nothing(served, bimodal_bundle, tmp_path):
+    server, _ = served
+    key_file = tmp_path / "key"
+    key_file.write_text(server.admin_key)
+    before = sorted(p.name for p in (server.config.model_repository / "calibrator").iterdir())
+    result = tce("calibrate", "publish", "--bundle", str(bimodal_bundle.root), "--repository",
+                 str(server.config.model_repository), "--url", server.config.http_url, "--admin-key-file", str(key_file))
+    one_clear_line(result, "does not allow model control", "--model-control-mode explicit")
+    assert sorted(p.name for p in (server.config.model_repository / "calibrator").iterdir()) == before
+
+
+def test_serve_on_a_taken_port_says_so_first(served):
+    server, _ = served
+    result = tce("serve", "--repository", str(server.config.model_repository), "--http-port",
+                 str(server.config.http_port), "--grpc-port", str(free_ports(1)[0]), "--metrics-port",
+                 str(free_ports(1)[0]))
+    one_clear_line(result, f"HTTP port {server.config.http_port}", "already in use")
+
+
+def test_serve_names_the_model_that_failed_to_load_and_why(bimodal_bundle, tmp_path):
+    repository = write_repository(bimodal_bundle, tmp_path / "repository")
+    os.remove(repository / "calibrator" / "1" / "manifest.json")
+    http, grpc, metrics = free_ports()
+    result = tce("serve", "--repository", str(repository), "--http-port", str(http), "--grpc-port", str(grpc),
+                 "--metrics-port", str(metrics))
+    line = one_clear_line(result, "model 'calibrator' failed to load", "manifest")
+    assert "log:" in line
+    log = Path(line.split("full log: ")[1].rstrip(")"))
+    assert log.is_file(), "a failed start keeps its log"
+
+
+def test_serve_never_believes_another_server(tmp_path, bimodal_bundle):
+    """Something else answers on the HTTP port: refused before start, never reported ready."""
+    repository = write_repository(bimodal_bundle, tmp_path / "repository")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        grpc, metrics = free_ports(2)
+        result = tce("serve", "--repository", str(repository), "--http-port", str(port), "--grpc-port", str(grpc),
+                     "--metrics-port", str(metrics))
+    one_clear_line(result, f"HTTP port {port}", "already in use")
+    assert "Triton ready" not in result.stdout
