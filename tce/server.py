@@ -195,6 +195,8 @@ def _wait_line(log_text: str) -> str:
     if not found:
         return ""
     seconds, models, requests = found[-1]
+    if models == "0" and requests == "0":
+        return ""  # only unloading the steps is left
     return (f"{models} model(s) still finishing in-flight inferences, {requests} other request(s) in flight; "
             f"Triton gives up in {seconds} s")
 

@@ -229,7 +229,7 @@ def test_stop_after_rejected_requests_is_graceful_and_removes_the_run_directory(
         assert serve.process.wait(timeout=60) == 0
         serve.wait_for("Triton stopped.")
         said = "".join(serve.output)
-        assert "still stopping" not in said, said  # nothing left in flight to wait for
+        assert "still finishing" not in said, said  # nothing left in flight to wait for
         assert not run_dir.exists(), "a clean stop removes its run directory"
     finally:
         serve.close()
