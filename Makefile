@@ -36,7 +36,8 @@ $(BUNDLE)/manifest.json: $(STAMP)
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
 build: $(MODEL)
-$(MODEL): $(BUNDLE)/manifest.json
+# Rebuilt when the builder changes too: a repository of an earlier layout must not linger.
+$(MODEL): $(BUNDLE)/manifest.json tce/repository.py python_backends/tce_backends/contract.py
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
 demo: build

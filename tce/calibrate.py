@@ -28,6 +28,8 @@ from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrat
 from tce_backends.tasks import TaskSpec
 
 from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
+
+VERSION_COLUMN = "calibration_version"  # as the served predictions' column (tce_client.results)
 from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
 from .repository import write_step_version
 from .security import http_headers
@@ -170,17 +172,27 @@ def _calibrate_file(calibration: Path, input_path: Path
 
 
 def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Add calibrated columns and ``calibration_version``; columns of an earlier
+    calibration in the file are replaced, and the notes say so."""
     frame, calibrator, columns, result, notes = _calibrate_file(calibration, input_path)
     out = frame.copy()
     single = len(columns) == 1
+    written: list[str] = []
     for column in columns:
         calibrated = result.calibrated[column.task.name]
         names = column.calibrated_columns(single)
+        written += names
         if column.score_field:
             out[names[0]] = calibrated[:, 1]
         else:
             for index, name in enumerate(names):
                 out[name] = calibrated[:, index]
+    replaced = [name for name in (*written, VERSION_COLUMN) if name in frame.columns]
+    if replaced:
+        earlier = sorted(set(frame[VERSION_COLUMN].astype(str))) if VERSION_COLUMN in frame else ["unknown"]
+        notes.append(f"replaced the columns of an earlier calibration (version {', '.join(earlier)}): "
+                     f"{', '.join(replaced)}")
+    out[VERSION_COLUMN] = calibrator.version
     failed = result.fallback.any(axis=0)
     notes += [f"task {t.name!r}: {int(result.fallback[:, i].sum())} rows could not be calibrated"
               for i, t in enumerate(calibrator.tasks) if failed[i]]

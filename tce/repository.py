@@ -283,9 +283,12 @@ def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
     return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble)
 
 
+SHELL_MARKER = "from tce_backends.triton.models import"
+
+
 def model_py_source(step: str) -> str:
     return (f'"""Triton Python model for the {step} step: a thin shell over tce_backends."""\n'
-            f"from tce_backends.triton.models import {MODEL_PY[step]} as TritonPythonModel  # noqa: F401\n")
+            f"{SHELL_MARKER} {MODEL_PY[step]} as TritonPythonModel  # noqa: F401\n")
 
 
 # What each Python-backend step's version directory holds beside model.py and manifest.json.
@@ -309,12 +312,39 @@ def write_step_version(bundle: Bundle, step: str, version_dir: Path) -> None:
             shutil.copyfile(source, version_dir / part)
 
 
+def _written_by_tce(model_dir: Path) -> bool:
+    """A step or ensemble an earlier ``tce build`` wrote (another layout or ensemble name)."""
+    shells = any(SHELL_MARKER in p.read_text(encoding="utf-8", errors="replace")
+                 for p in model_dir.glob("[0-9]*/model.py"))
+    config = model_dir / "config.pbtxt"
+    return shells or (config.is_file() and SCHEMA_PARAMETER in config.read_text(encoding="utf-8", errors="replace"))
+
+
+def _remove_stale(out: Path, models: set[str], version: int) -> list[str]:
+    """What would make the server serve something else than the bundle: other versions
+    of the steps written now (published calibrations), and models of earlier builds."""
+    removed = []
+    for model_dir in sorted(p for p in out.iterdir() if p.is_dir()) if out.is_dir() else ():
+        if model_dir.name in models:
+            for old in model_dir.iterdir():
+                if old.is_dir() and old.name.isdigit() and old.name != str(version):
+                    shutil.rmtree(old)
+                    removed.append(f"{model_dir.name}/{old.name}")
+        elif _written_by_tce(model_dir):
+            shutil.rmtree(model_dir)
+            removed.append(model_dir.name)
+    return removed
+
+
 def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions = RepositoryOptions(),
                      version: int = 1) -> Path:
-    """Write configs, model.py shells and each step's artifacts. Existing version
-    directories of the same steps are replaced; other files are left alone."""
+    """Write configs, model.py shells and each step's artifacts, so that the repository
+    serves exactly this bundle: other versions of its steps (an earlier model's published
+    calibration) and models an earlier ``tce build`` wrote are removed; models of anyone
+    else are left alone."""
     out = Path(out)
     configs = make_configs(bundle.manifest, bundle.text.fields, options)
+    _remove_stale(out, {*STEP_ARTIFACTS, options.ensemble_name}, version)
     for relative, text in configs.files().items():
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)

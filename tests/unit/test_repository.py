@@ -111,3 +111,19 @@ def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
 def test_options_are_validated_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RepositoryOptions(**kwargs)
+
+
+def test_a_rebuild_serves_exactly_the_new_bundle(bimodal_bundle, tmp_path: Path):
+    out = write_repository(bimodal_bundle, tmp_path / "repo")
+    import shutil
+
+    shutil.copytree(out / contract.CALIBRATOR / "1", out / contract.CALIBRATOR / "2")  # a published calibration
+    for legacy in ("text_tokenizer", "tabular_preprocessor"):  # steps of the earlier layout
+        (out / legacy / "1").mkdir(parents=True)
+        (out / legacy / "1" / "model.py").write_text(model_py_source(contract.PREPROCESSOR), encoding="utf-8")
+    (out / "someone_elses_model" / "1").mkdir(parents=True)
+    (out / "someone_elses_model" / "config.pbtxt").write_text('name: "someone_elses_model"', encoding="utf-8")
+    write_repository(bimodal_bundle, out)
+    assert sorted(p.name for p in (out / contract.CALIBRATOR).iterdir()) == ["1", "config.pbtxt"]
+    assert not (out / "text_tokenizer").exists() and not (out / "tabular_preprocessor").exists()
+    assert (out / "someone_elses_model" / "config.pbtxt").is_file()

@@ -102,10 +102,24 @@ def test_calibrate_apply_on_a_seed_directory_matches_seed(binary_bundle, tmp_pat
     written = {".parquet": pd.read_parquet, ".csv": pd.read_csv,
                ".tsv": lambda p: pd.read_csv(p, sep="\t")}[suffix](target)
     assert list(written.columns) == ["id", "prob_class_0", "prob_class_1", "calibrated_prob_class_0",
-                                     "calibrated_prob_class_1"]
+                                     "calibrated_prob_class_1", "calibration_version"]
     expected = seed_calibrated(raw, "percentile", tables, binary_bundle.manifest.tasks)["abuse"]
     got = written[["calibrated_prob_class_0", "calibrated_prob_class_1"]].to_numpy()
     assert np.abs(got - expected).max() <= 1e-9
+
+
+def test_calibrate_apply_over_an_earlier_calibration_says_so_and_writes_its_version(binary_bundle, tmp_path):
+    write_seed(binary_bundle, tmp_path / "seed", "binary")
+    raw = _raw(binary_bundle.manifest.tasks, rows=50)
+    frame = pd.DataFrame({"prob_class_0": raw[:, 0], "prob_class_1": raw[:, 1],
+                          "calibrated_prob_class_0": 0.5, "calibrated_prob_class_1": 0.5,
+                          "calibration_version": "old-tables"})
+    frame.to_csv(tmp_path / "scored.csv", index=False)
+    out, notes = apply_calibration(binary_bundle.root, tmp_path / "scored.csv", tmp_path / "recalibrated.csv")
+    assert any("replaced the columns of an earlier calibration (version old-tables)" in n
+               and "calibrated_prob_class_1" in n for n in notes), notes
+    assert set(out["calibration_version"]) == {binary_bundle.calibrator.version}
+    assert not np.allclose(out["calibrated_prob_class_1"], 0.5)
 
 
 def test_calibrate_apply_score_fields_adds_field_calibrated_columns(score_field_bundle, tmp_path):
