@@ -3,6 +3,11 @@
 Locust's own percentiles round response times to whole milliseconds below 100 ms,
 which is too coarse for a 20 ms SLO; ``LatencyHistogram`` counts latencies at 1 µs
 resolution, so its percentiles are exact to the microsecond with bounded memory.
+
+Two kinds of latency SLO: absolute milliseconds per protocol (``protocols``, for
+``make loadtest`` on a known machine), and ``max_p99_over_idle_p50``, the p99 under
+load over the p50 of single requests to the idle server measured just before in the
+same run: a ratio that holds on a busy shared machine (the gate in ``make test``).
 """
 from __future__ import annotations
 
@@ -42,10 +47,13 @@ class SLOConfig:
     protocols: Mapping[str, ProtocolSLO]
     max_error_rate: float
     min_throughput_rps: float
+    max_p99_over_idle_p50: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise SLOConfigError(f"max_error_rate must be in [0, 1], got {self.max_error_rate}")
+        if self.max_p99_over_idle_p50 is not None and not self.max_p99_over_idle_p50 >= 1.0:
+            raise SLOConfigError(f"max_p99_over_idle_p50 must be >= 1, got {self.max_p99_over_idle_p50}")
         if self.min_throughput_rps < 0:
             raise SLOConfigError(f"min_throughput_rps must be >= 0, got {self.min_throughput_rps}")
         unknown = sorted(set(self.protocols) - set(PROTOCOLS))
@@ -62,7 +70,9 @@ class SLOConfig:
                     protocols[name] = ProtocolSLO(**{key: float(slo[key]) for key in PERCENTILES})
                 except SLOConfigError as error:
                     raise SLOConfigError(f"protocols.{name}: {error}") from None
-            return cls(protocols, float(data["max_error_rate"]), float(data["min_throughput_rps"]))
+            ratio = data.get("max_p99_over_idle_p50")
+            return cls(protocols, float(data["max_error_rate"]), float(data["min_throughput_rps"]),
+                       None if ratio is None else float(ratio))
         except KeyError as missing:
             raise SLOConfigError(f"{path}: missing {missing}") from None
         except (TypeError, ValueError) as error:
@@ -113,9 +123,10 @@ class Check:
     limit: float
     ok: bool
     unit: str
+    at_most: bool = True  # the limit is a ceiling (latency, errors); False: a floor (throughput)
 
     def describe(self) -> str:
-        relation = "<=" if self.name.endswith(("_ms", "error_rate")) else ">="
+        relation = "<=" if self.at_most else ">="
         verdict = "PASS" if self.ok else "FAIL"
         if self.ok:
             return f"{verdict} {self.name}: {self.measured:.3f}{self.unit} {relation} {self.limit:g}{self.unit}"
@@ -124,12 +135,25 @@ class Check:
                 f"(missed by {miss:.3f}{self.unit})")
 
 
+def parse_idle_p50(text: str) -> dict[str, float]:
+    """``http=12.3,grpc=11.9`` (the locust option) -> {"http": 12.3, "grpc": 11.9}."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        protocol, _, value = part.partition("=")
+        if protocol not in PROTOCOLS or not value:
+            raise SLOConfigError(f"--idle-p50-ms takes protocol=ms pairs, got {part!r}")
+        out[protocol] = float(value)
+    return out
+
+
 def summarise(protocol: str, histogram: LatencyHistogram, errors: int, duration_s: float) -> ProtocolSummary:
     return ProtocolSummary(protocol, histogram.total, errors, histogram.percentile(50), histogram.percentile(95),
                            histogram.percentile(99), histogram.total / duration_s if duration_s > 0 else 0.0)
 
 
-def evaluate(config: SLOConfig, summaries: Mapping[str, ProtocolSummary]) -> list[Check]:
+def evaluate(config: SLOConfig, summaries: Mapping[str, ProtocolSummary],
+             idle_p50_ms: Mapping[str, float] | None = None) -> list[Check]:
+    """``idle_p50_ms``: per protocol, the p50 of single requests to the idle server."""
     checks = []
     for protocol, slo in config.protocols.items():
         summary = summaries.get(protocol)
@@ -137,22 +161,31 @@ def evaluate(config: SLOConfig, summaries: Mapping[str, ProtocolSummary]) -> lis
             limit = getattr(slo, key)
             measured = getattr(summary, key) if summary and summary.requests else math.inf
             checks.append(Check(f"{protocol}.{key}", measured, limit, measured <= limit, " ms"))
+    if config.max_p99_over_idle_p50 is not None:
+        for protocol, summary in summaries.items():
+            idle = (idle_p50_ms or {}).get(protocol)
+            ratio = summary.p99_ms / idle if idle and summary.requests else math.inf
+            checks.append(Check(f"{protocol}.p99_over_idle_p50", ratio, config.max_p99_over_idle_p50,
+                                ratio <= config.max_p99_over_idle_p50, "x"))
     requests = sum(s.requests for s in summaries.values())
     errors = sum(s.errors for s in summaries.values())
     error_rate = errors / (requests + errors) if requests + errors else 1.0
     checks.append(Check("error_rate", error_rate, config.max_error_rate, error_rate <= config.max_error_rate, ""))
     throughput = sum(s.throughput_rps for s in summaries.values())
     checks.append(Check("throughput_rps", throughput, config.min_throughput_rps,
-                        throughput >= config.min_throughput_rps, " rps"))
+                        throughput >= config.min_throughput_rps, " rps", at_most=False))
     return checks
 
 
-def format_verdict(summaries: Mapping[str, ProtocolSummary], checks: list[Check]) -> str:
+def format_verdict(summaries: Mapping[str, ProtocolSummary], checks: list[Check],
+                   idle_p50_ms: Mapping[str, float] | None = None) -> str:
     lines = ["", "== load test summary (exact percentiles, 1 µs resolution)",
              f"{'protocol':<9}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>8}"]
     for s in summaries.values():
         lines.append(f"{s.protocol:<9}{s.requests:>9}{s.errors:>8}{s.p50_ms:>9.2f}{s.p95_ms:>9.2f}{s.p99_ms:>9.2f}"
                      f"{s.throughput_rps:>8.1f}")
+    if idle_p50_ms:
+        lines.append("idle p50 before the run: " + ", ".join(f"{p} {v:.2f} ms" for p, v in idle_p50_ms.items()))
     lines.append("== SLO verdict")
     lines += [f"  {check.describe()}" for check in checks]
     failed = [c.name for c in checks if not c.ok]
@@ -160,12 +193,14 @@ def format_verdict(summaries: Mapping[str, ProtocolSummary], checks: list[Check]
     return "\n".join(lines)
 
 
-def verdict_json(summaries: Mapping[str, ProtocolSummary], checks: list[Check]) -> str:
+def verdict_json(summaries: Mapping[str, ProtocolSummary], checks: list[Check],
+                 idle_p50_ms: Mapping[str, float] | None = None) -> str:
     def clean(value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
     return json.dumps({
         "summaries": {p: {k: clean(v) for k, v in s.__dict__.items()} for p, s in summaries.items()},
         "checks": [{k: clean(v) for k, v in c.__dict__.items()} for c in checks],
+        "idle_p50_ms": dict(idle_p50_ms or {}),
         "passed": all(c.ok for c in checks),
     }, indent=1)

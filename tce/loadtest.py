@@ -39,7 +39,8 @@ class LoadTestConfig:
             raise ValueError(f"protocols must be http and/or grpc, got {list(self.protocols)}")
 
 
-def locust_command(config: LoadTestConfig, http_url: str, grpc_url: str) -> list[str]:
+def locust_command(config: LoadTestConfig, http_url: str, grpc_url: str,
+                   idle_p50_ms: dict[str, float] | None = None) -> list[str]:
     config.reports.mkdir(parents=True, exist_ok=True)
     users = {"http": "HttpEnsembleUser", "grpc": "GrpcEnsembleUser"}
     return [sys.executable, "-m", "locust", "-f", str(LOAD_TESTS / "locustfile.py"), "--headless",
@@ -48,19 +49,35 @@ def locust_command(config: LoadTestConfig, http_url: str, grpc_url: str) -> list
             "--csv", str(config.reports / "loadtest"), "--html", str(config.reports / "loadtest.html"),
             "--triton-http", http_url, "--triton-grpc", grpc_url, "--slo-file", str(config.slo_file),
             "--slo-report", str(config.reports / "slo_verdict.json"),
+            "--idle-p50-ms", ",".join(f"{p}={v:.3f}" for p, v in (idle_p50_ms or {}).items()),
             *(users[p] for p in config.protocols)]
 
 
-def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...]) -> None:
-    """First calls pay lazy initialisation in every step; keep them out of the SLO."""
+def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...], idle_requests: int = 30
+            ) -> dict[str, float]:
+    """First calls pay lazy initialisation in every step: keep them out of the SLO. Then
+    time single requests to the idle server, one at a time: per protocol, their p50 (ms)
+    is what ``max_p99_over_idle_p50`` compares the loaded p99 with."""
+    import time
+
+    import numpy as np
+
     from tce_client import CalibratedClassifierClient
 
     from .demo import SAMPLE_RECORDS as records
 
+    idle = {}
     for protocol in protocols:
         with CalibratedClassifierClient(http_url if protocol == "http" else grpc_url, protocol=protocol) as client:
             for record in records:
                 client.predict([record])
+            latencies = []
+            for index in range(idle_requests):
+                started = time.perf_counter()
+                client.predict([records[index % len(records)]])
+                latencies.append((time.perf_counter() - started) * 1000)
+        idle[protocol] = float(np.percentile(latencies, 50))
+    return idle
 
 
 def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | None = None,
@@ -69,8 +86,8 @@ def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | 
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
 
     def drive(http: str, grpc: str) -> int:
-        warm_up(http, grpc, config.protocols)
-        return subprocess.run(locust_command(config, http, grpc), env=env).returncode
+        idle = warm_up(http, grpc, config.protocols)
+        return subprocess.run(locust_command(config, http, grpc, idle), env=env).returncode
 
     if http_url and grpc_url:
         return drive(http_url, grpc_url)

@@ -46,12 +46,18 @@ def test_unattainable_slo_fails_and_names_it(bimodal_bundle, tmp_path):
 
 
 def test_latency_gate_on_the_demo_model(demo_repository, tmp_path):
-    """~30 s of HTTP + gRPC traffic on the MiniLM demo against load_tests/slo.yaml."""
+    """~30 s of HTTP + gRPC traffic on the MiniLM demo against tests/e2e/slo_gate.yaml:
+    the verdict, the exit code, zero errors, and p99 under load over the idle p50 measured
+    just before in the same run (absolute SLOs are for `make loadtest`)."""
     result = loadtest("--repository", str(demo_repository), "--duration", "30s", "--users", "4",
+                      "--slo-file", str(REPO_ROOT / "tests" / "e2e" / "slo_gate.yaml"),
                       "--reports", str(tmp_path / "reports"), timeout=400)
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     for protocol in ("http", "grpc"):
-        assert f"PASS {protocol}.p99_ms" in result.stdout
+        assert f"PASS {protocol}.p99_over_idle_p50" in result.stdout
+    assert "PASS error_rate: 0.000" in result.stdout and "idle p50 before the run" in result.stdout
     reports = tmp_path / "reports"
     assert (reports / "loadtest.html").stat().st_size > 0 and (reports / "loadtest_stats.csv").is_file()
+    verdict = json.loads((reports / "slo_verdict.json").read_text(encoding="utf-8"))
+    assert verdict["passed"] and set(verdict["idle_p50_ms"]) == {"http", "grpc"}

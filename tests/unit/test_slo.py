@@ -73,3 +73,30 @@ def test_shipped_slo_file_loads():
 
     config = SLOConfig.load(REPO_ROOT / "load_tests" / "slo.yaml")
     assert set(config.protocols) == {"http", "grpc"}
+
+
+def test_p99_over_the_idle_p50_is_a_ratio_check():
+    config = SLOConfig({}, 0.0, 0.0, max_p99_over_idle_p50=10.0)
+    checks = {c.name: c for c in evaluate(config, _summary(latency=80.0), idle_p50_ms={"http": 10.0})}
+    assert checks["http.p99_over_idle_p50"].measured == pytest.approx(8.0) and checks["http.p99_over_idle_p50"].ok
+    checks = {c.name: c for c in evaluate(config, _summary(latency=120.0), idle_p50_ms={"http": 10.0})}
+    assert not checks["http.p99_over_idle_p50"].ok
+    assert "missed by 2.000x" in checks["http.p99_over_idle_p50"].describe()
+    checks = {c.name: c for c in evaluate(config, _summary(latency=5.0))}  # no idle figure: cannot pass
+    assert not checks["http.p99_over_idle_p50"].ok
+
+
+def test_idle_p50_option_is_parsed_and_checked():
+    from load_tests.slo import parse_idle_p50
+
+    assert parse_idle_p50("http=12.5,grpc=11") == {"http": 12.5, "grpc": 11.0}
+    assert parse_idle_p50("") == {}
+    with pytest.raises(SLOConfigError, match="protocol=ms"):
+        parse_idle_p50("ftp=3")
+
+
+def test_the_gate_in_make_test_has_no_absolute_latency():
+    from tests.conftest import REPO_ROOT
+
+    gate = SLOConfig.load(REPO_ROOT / "tests" / "e2e" / "slo_gate.yaml")
+    assert not gate.protocols and gate.min_throughput_rps == 0 and gate.max_p99_over_idle_p50
