@@ -172,6 +172,34 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from tce_client import CalibratedClassifierClient
+    from tce_client.schema import CATEGORICAL_INPUT, NUMERIC_INPUT
+
+    with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
+        schema, batch = client.schema, client.max_batch_size
+    if args.json:
+        print(schema.to_json())
+        return 0
+    print(f"ensemble '{args.model}' at {client.url} ({args.protocol}), up to {batch} records per request")
+    print("inputs (one row per record):")
+    for field in schema.text_fields:
+        print(f"  {field:<22} BYTES [1]    raw UTF-8 text (\"\" = empty)")
+    if schema.numeric_features:
+        print(f"  {NUMERIC_INPUT:<22} FP64  [{len(schema.numeric_features)}]    "
+              f"{', '.join(schema.numeric_features)} (NaN = missing)")
+    if schema.categorical_features:
+        print(f"  {CATEGORICAL_INPUT:<22} BYTES [{len(schema.categorical_features)}]    "
+              f"{', '.join(schema.categorical_features)} (\"\" = missing)")
+    print(f"feature order of the model: {', '.join(schema.feature_order)}")
+    print("tasks:")
+    for task in schema.tasks:
+        print(f"  {task.name:<22} {task.kind:<11} classes: {', '.join(task.classes)}")
+    outputs = [f"{t.name}_{kind}" for t in schema.tasks for kind in ("raw", "calibrated", "label")]
+    print(f"outputs: {', '.join(outputs)}, calibration_version, calibration_fallback")
+    return 0
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     from .loadtest import LoadTestConfig, run
 
@@ -283,6 +311,13 @@ def parser() -> argparse.ArgumentParser:
                    help="score a model input missing from the file as missing in every row (default: an error "
                         "naming the column and the closest one the file has)")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser("schema", help="print what a served ensemble takes and returns")
+    p.add_argument("--url", default=None, help="server address (default: localhost:8000, or :8001 for grpc)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: %(default)s")
+    p.add_argument("--model", default="calibrated_ensemble", help="ensemble name (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the published schema as JSON")
+    p.set_defaults(run=_schema)
 
     p = commands.add_parser("loadtest", help="locust load test with latency SLOs (exit 1 on a miss)")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="served on the embedded server")

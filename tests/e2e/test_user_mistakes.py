@@ -2,6 +2,7 @@
 on stderr and a non-zero exit code, never a traceback, and nothing is half done."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -145,3 +146,26 @@ def test_serve_never_believes_another_server(tmp_path, bimodal_bundle):
                      "--metrics-port", str(metrics))
     one_clear_line(result, f"HTTP port {port}", "already in use")
     assert "Triton ready" not in result.stdout
+
+
+def test_tce_schema_shows_inputs_feature_order_tasks_and_classes(served):
+    server, _ = served
+    result = tce("schema", "--url", server.config.http_url)
+    assert result.returncode == 0, result.stderr
+    assert "numeric_features       FP64  [5]    order_amount, account_age_days" in result.stdout
+    assert "reason                 multiclass  classes: none, item_not_received" in result.stdout
+    as_json = tce("schema", "--url", server.config.grpc_url, "--protocol", "grpc", "--json")
+    assert json.loads(as_json.stdout)["feature_order"][0] == "order_amount"
+
+
+def test_the_readme_way_to_read_the_schema_from_the_config(served):
+    """The README: a JSON document inside parameters.tce_schema.string_value."""
+    import urllib.request
+
+    server, _ = served
+    with urllib.request.urlopen(f"http://{server.config.http_url}/v2/models/calibrated_ensemble/config") as r:
+        config = json.load(r)
+    schema = json.loads(config["parameters"]["tce_schema"]["string_value"])
+    assert schema["text_fields"] == ["dialogue"] and len(schema["tasks"]) == 2
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert '["parameters"]["tce_schema"]["string_value"]' in readme
