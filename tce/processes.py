@@ -7,6 +7,8 @@ import signal
 import time
 from typing import Callable
 
+from tce_backends.canary import process_alive as pid_alive  # noqa: F401 - one definition, stdlib only
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -20,16 +22,6 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], 
         if os.getppid() != parent_pid:  # the launcher died before prctl took effect
             os.kill(os.getpid(), sig)
     return set_parent_death_signal
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def kill_group(pgid: int, timeout_s: float = 10.0) -> None:

@@ -198,11 +198,11 @@ def watch(canary: Canary, pid: int, interval_s: float, failures: int, grace_s: f
     """Check every ``interval_s``; once the server is broken, stop ``pid`` (SIGTERM,
     SIGKILL after ``grace_s``) and return 1. Returns 0 when ``pid`` exits by itself."""
     watcher = Watch(canary, pid, failures)
-    while _alive(pid):
+    while process_alive(pid):
         deadline = time.monotonic() + interval_s
-        while time.monotonic() < deadline and _alive(pid):  # notice a server that exits by itself at once
+        while time.monotonic() < deadline and process_alive(pid):  # notice a server that exits by itself at once
             time.sleep(0.2)
-        if not _alive(pid):
+        if not process_alive(pid):
             break
         problem = watcher.check()
         if problem:
@@ -213,7 +213,8 @@ def watch(canary: Canary, pid: int, interval_s: float, failures: int, grace_s: f
     return 0
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -227,9 +228,9 @@ def _stop(pid: int, grace_s: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.2)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
