@@ -64,7 +64,7 @@ def main() -> None:
 
     inputs = schema_for(bundle.manifest).encode(frame)
     tokenizer = TokenizerStep(bundle.text)
-    tabular = TabularStep(bundle.tabular, bundle.manifest.text_fields)
+    tabular = TabularStep(bundle.tabular)
     row("preprocessor, text part (validate + run)", args.batch,
         best_of(lambda: tokenizer.run(tokenizer.validate(inputs))))
     row("preprocessor, tabular part (validate + run)", args.batch,

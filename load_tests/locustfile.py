@@ -74,7 +74,7 @@ class EnsembleUser(User):
             HISTOGRAMS[self.protocol].record(elapsed_ms)
         else:
             ERRORS[self.protocol] += 1
-        events.request.fire(request_type=self.protocol.upper(), name="calibrated_ensemble",
+        events.request.fire(request_type=self.protocol.upper(), name=self.ensemble.model,
                             response_time=elapsed_ms, response_length=0, exception=error, context={})
 
 

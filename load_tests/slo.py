@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+from tce_backends.errors import UsageError
 
 PROTOCOLS = ("http", "grpc")
 PERCENTILES = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
 
 
-class SLOConfigError(ValueError):
+class SLOConfigError(UsageError):
     """The SLO file is missing a number or holds a wrong one; names the key."""
 
 

@@ -34,6 +34,7 @@ from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliabilit
 from .repository import write_step_version
 from .security import http_headers
 from .tables import read_frame, write_frame
+from tce_backends.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def score_columns(tasks: Sequence[TaskSpec], frame: pd.DataFrame, single: bool |
         elif task.kind == "binary" and task.name in frame:
             found.append(ScoreColumns(task, (task.name,), True))
         else:
-            raise ValueError(f"no scores for task {task.name!r}: expected columns {list(probability_columns)}"
+            raise UsageError(f"no scores for task {task.name!r}: expected columns {list(probability_columns)}"
                              + (f" or a score-field column {task.name!r}" if task.kind == "binary" else ""))
     return found
 
@@ -80,18 +81,18 @@ def label_column(task: TaskSpec, tasks: Sequence[TaskSpec], overrides: Mapping[s
 
 def _labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
     if column not in frame:
-        raise ValueError(f"no label column {column!r} for task {task.name!r} (use --label {task.name}=COLUMN)")
+        raise UsageError(f"no label column {column!r} for task {task.name!r} (use --label {task.name}=COLUMN)")
     values = frame[column]
     if values.dtype == object or str(values.dtype).startswith("str"):
         lookup = {name: index for index, name in enumerate(task.classes)}
         unknown = sorted(set(values.astype(str)) - set(lookup))
         if unknown:
-            raise ValueError(f"label column {column!r} holds values that are not classes of {task.name!r}: "
+            raise UsageError(f"label column {column!r} holds values that are not classes of {task.name!r}: "
                              f"{unknown[:5]}")
         return values.astype(str).map(lookup).to_numpy(dtype=np.int64)
     labels = values.to_numpy(dtype=np.int64)
     if labels.min() < 0 or labels.max() >= task.num_classes:
-        raise ValueError(f"label column {column!r} must hold class indices in [0, {task.num_classes})")
+        raise UsageError(f"label column {column!r} must hold class indices in [0, {task.num_classes})")
     return labels
 
 
@@ -106,7 +107,7 @@ def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", poi
     chosen = [t for t in all_tasks if not tasks or t.name in tasks]
     unknown = sorted(set(tasks) - {t.name for t in all_tasks})
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}; the bundle has {[t.name for t in all_tasks]}")
+        raise UsageError(f"unknown tasks {unknown}; the bundle has {[t.name for t in all_tasks]}")
     calibrations = dict(bundle.calibrator.calibrations)
     by_task = {c.task.name: c for c in score_columns(chosen, frame, single=len(all_tasks) == 1)}
     for task in chosen:
@@ -132,13 +133,13 @@ def load_calibration(directory: Path, frame: pd.DataFrame) -> tuple[Calibrator, 
         calibrator = Calibrator.load(directory / CALIBRATION_DIR, tasks, strict=True)
         return calibrator, score_columns(tasks, frame), []
     if (directory / CALIBRATION_FILE).is_file():
-        raise ValueError(f"{directory} is a bundle's calibration/ directory: pass the bundle directory itself, "
+        raise UsageError(f"{directory} is a bundle's calibration/ directory: pass the bundle directory itself, "
                          "which names the tasks")
     from .seed_import import SeedCalibration
 
     seed = SeedCalibration.read(directory)
     if not (seed.percentile or seed.binary or seed.per_class or seed.per_score_field):
-        raise ValueError(f"{directory} holds no bundle and no seed calibration files")
+        raise UsageError(f"{directory} holds no bundle and no seed calibration files")
     tasks = _seed_tasks(seed, frame)
     calibrations, notes = seed.for_tasks(tasks)
     notes += [f"unknown calibration file ignored: {u}" for u in seed.unknown]
@@ -150,12 +151,12 @@ def _seed_tasks(seed, frame: pd.DataFrame) -> tuple[TaskSpec, ...]:
     tasks = []
     for field in seed.per_score_field:
         if field not in frame:
-            raise ValueError(f"calibration_model_{field}.pkl needs a score column {field!r} in the input")
+            raise UsageError(f"calibration_model_{field}.pkl needs a score column {field!r} in the input")
         tasks.append(TaskSpec(field, "binary", ("0", "1")))
     if seed.percentile or seed.binary or seed.per_class:
         indices = sorted(int(m.group(1)) for c in frame.columns if (m := re.fullmatch(r"prob_class_(\d+)", str(c))))
         if not indices or indices != list(range(len(indices))):
-            raise ValueError("the input needs prob_class_0 .. prob_class_<k-1> columns for this calibration")
+            raise UsageError("the input needs prob_class_0 .. prob_class_<k-1> columns for this calibration")
         kind = "binary" if len(indices) == 2 else "multiclass"
         tasks.append(TaskSpec("label", kind, tuple(str(i) for i in indices)))
     return tuple(tasks)
@@ -256,34 +257,34 @@ def publish(bundle_dir: Path, repository: Path, url: str | None = None, admin_ke
     with this key. A version the server fails to load is removed again, so the next
     start of the server is not broken by it.
     """
-    from tce_backends import contract
+    from tce_backends import graph
 
     bundle = Bundle.load(bundle_dir)  # strict: a table outside [0, 1] is refused here
-    step_dir = Path(repository) / contract.CALIBRATOR
+    step_dir = Path(repository) / graph.CALIBRATOR
     versions = sorted(int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
         if (step_dir / "config.pbtxt").is_file() else []
     if not versions:
-        raise ValueError(f"{repository} has no {contract.CALIBRATOR} model; build the repository first")
+        raise UsageError(f"{repository} has no {graph.CALIBRATOR} model; build the repository first")
     _check_same_tasks(bundle.manifest, Manifest.load(step_dir / str(versions[-1])), step_dir / str(versions[-1]))
     client = _model_control_client(url, admin_key, timeout_s) if url else None
     version = versions[-1] + 1
     staging = step_dir / f".staging-{version}"
     if staging.exists():
         shutil.rmtree(staging)
-    write_step_version(bundle, contract.CALIBRATOR, staging)
+    write_step_version(bundle, graph.CALIBRATOR, staging)
     staging.rename(step_dir / str(version))  # appears whole: the server never sees a half-written version
     if client is not None:
         from tritonclient.utils import InferenceServerException
 
         try:
-            client.load_model(contract.CALIBRATOR, headers=http_headers(admin_key))
-            ready = client.is_model_ready(contract.CALIBRATOR, str(version))
+            client.load_model(graph.CALIBRATOR, headers=http_headers(admin_key))
+            ready = client.is_model_ready(graph.CALIBRATOR, str(version))
             problem = "" if ready else "it did not become ready"
         except InferenceServerException as error:
             problem = error.message()
         if problem:
             shutil.rmtree(step_dir / str(version), ignore_errors=True)
-            raise ValueError(f"the server did not load calibrator version {version} ({problem}); "
+            raise UsageError(f"the server did not load calibrator version {version} ({problem}); "
                              "the version was removed again, the old one keeps serving")
     return version
 
@@ -293,15 +294,15 @@ def _check_same_tasks(bundle: Manifest, served: Manifest, where: Path) -> None:
     for task in bundle.tasks:
         other = served_tasks.get(task.name)
         if other is None:
-            raise ValueError(f"the bundle's task {task.name!r} is not served (served tasks: {list(served_tasks)}, "
+            raise UsageError(f"the bundle's task {task.name!r} is not served (served tasks: {list(served_tasks)}, "
                              f"from {where})")
         if (task.kind, task.classes) != (other.kind, other.classes):
-            raise ValueError(f"task {task.name!r}: the bundle has {task.kind} classes {list(task.classes)}, the "
+            raise UsageError(f"task {task.name!r}: the bundle has {task.kind} classes {list(task.classes)}, the "
                              f"served model {other.kind} classes {list(other.classes)}; publish calibration fitted "
                              "for the served model")
     missing = sorted(set(served_tasks) - {t.name for t in bundle.tasks})
     if missing:
-        raise ValueError(f"the bundle lacks the served tasks {missing}")
+        raise UsageError(f"the bundle lacks the served tasks {missing}")
 
 
 def _model_control_client(url: str, admin_key: str | None, timeout_s: float):
@@ -320,12 +321,12 @@ def _model_control_client(url: str, admin_key: str | None, timeout_s: float):
     except InferenceServerException as error:
         message = error.message() or str(error)
         if "restricted" in message:
-            raise ValueError(f"the server at {url} refused the admin key ({message}); pass the key it was "
+            raise UsageError(f"the server at {url} refused the admin key ({message}); pass the key it was "
                              "started with (--admin-key-file or $TCE_ADMIN_KEY)") from None
         if "polling is enabled" in message or "not allowed" in message:
-            raise ValueError(f"the server at {url} does not allow model control: start it with "
+            raise UsageError(f"the server at {url} does not allow model control: start it with "
                              "--model-control-mode explicit --load-model '*'") from None
-        raise ValueError(f"the server at {url} cannot load models: {message}") from None
+        raise UsageError(f"the server at {url} cannot load models: {message}") from None
     except Exception as error:  # noqa: BLE001 - connection failures differ by library version
-        raise ValueError(f"no Triton server answers at {url} ({error})") from None
+        raise UsageError(f"no Triton server answers at {url} ({error})") from None
     return client

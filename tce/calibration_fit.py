@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tce_backends.calibration import LookupTable, TaskCalibration, sample_table
 from tce_backends.tasks import TaskSpec
+from tce_backends.errors import UsageError
 
 FitMethod = Literal["isotonic", "sigmoid", "percentile"]
 FIT_METHODS: tuple[str, ...] = ("isotonic", "sigmoid", "percentile")
@@ -21,7 +22,7 @@ def fit_table(scores: np.ndarray, targets: np.ndarray, method: FitMethod, points
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
     if scores.size < 2:
-        raise ValueError("calibration needs at least 2 scored examples")
+        raise UsageError("calibration needs at least 2 scored examples")
     if method == "isotonic":
         # Keep off exact 0/1: one unlucky bin would otherwise make log-loss infinite.
         floor = 0.5 / scores.size
@@ -29,13 +30,13 @@ def fit_table(scores: np.ndarray, targets: np.ndarray, method: FitMethod, points
         return sample_table(model.predict, points)
     if method == "sigmoid":  # Platt scaling on the logit of the score
         if len(np.unique(targets)) < 2:
-            raise ValueError("sigmoid calibration needs both outcomes in the data")
+            raise UsageError("sigmoid calibration needs both outcomes in the data")
         model = LogisticRegression(C=1e6).fit(_logit(scores)[:, None], targets)
         return sample_table(lambda x: model.predict_proba(_logit(x)[:, None])[:, 1], points)
     if method == "percentile":  # raw score -> its percentile among the scored population
         quantiles = np.quantile(scores, np.linspace(0.0, 1.0, points))
         return LookupTable(quantiles, np.linspace(0.0, 1.0, points))
-    raise ValueError(f"unknown calibration method {method!r}; known: {list(FIT_METHODS)}")
+    raise UsageError(f"unknown calibration method {method!r}; known: {list(FIT_METHODS)}")
 
 
 def fit_task(task: TaskSpec, probabilities: np.ndarray, labels: np.ndarray, method: FitMethod,
@@ -46,7 +47,7 @@ def fit_task(task: TaskSpec, probabilities: np.ndarray, labels: np.ndarray, meth
         table = fit_table(probabilities[:, 1], labels == 1, method, points)
         return TaskCalibration("percentile" if method == "percentile" else "binary", {1: table})
     if method == "percentile":
-        raise ValueError(f"percentile calibration is binary-only (seed 000); task {task.name!r} is multiclass")
+        raise UsageError(f"percentile calibration is binary-only (seed 000); task {task.name!r} is multiclass")
     tables = {c: fit_table(probabilities[:, c], labels == c, method, points) for c in range(task.num_classes)}
     return TaskCalibration("multiclass", tables)
 

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
+from tce_backends.errors import TceError, UsageError
+from tce_client import DEFAULT_MODEL
 
 DEFAULT_BUNDLE = Path("artifacts/demo_bundle")
 DEFAULT_REPOSITORY = Path("model_repository")
@@ -91,7 +93,7 @@ def _label_overrides(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         task, sep, column = pair.partition("=")
         if not sep or not task or not column:
-            raise ValueError(f"--label takes TASK=COLUMN, got {pair!r}")
+            raise UsageError(f"--label takes TASK=COLUMN, got {pair!r}")
         overrides[task] = column
     return overrides
 
@@ -148,14 +150,14 @@ def _predict(args: argparse.Namespace) -> int:
 
     frame = read_frame(args.input)
     if args.id_field and args.id_field not in frame:
-        raise ValueError(f"--id-field {args.id_field!r} is not a column of {args.input}")
+        raise UsageError(f"--id-field {args.id_field!r} is not a column of {args.input}")
     with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
         if args.format != "table":  # checked before scoring anything
             tasks = [t.name for t in client.schema.tasks]
             if args.task is None and len(tasks) > 1:
-                raise ValueError(f"--format {args.format} formats one task: add --task (one of {', '.join(tasks)})")
+                raise UsageError(f"--format {args.format} formats one task: add --task (one of {', '.join(tasks)})")
             if args.task is not None and args.task not in tasks:
-                raise ValueError(f"--task {args.task!r} is not served; tasks: {', '.join(tasks)}")
+                raise UsageError(f"--task {args.task!r} is not served; tasks: {', '.join(tasks)}")
         with warnings.catch_warnings(record=True) as unused:
             warnings.simplefilter("always", UnusedColumnsWarning)
             predictions = client.predict(frame.drop(columns=[args.id_field]) if args.id_field else frame,
@@ -228,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("build", help="turn a bundle into a Triton model repository")
     p.add_argument("bundle", type=Path)
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
-    p.add_argument("--ensemble-name", default="calibrated_ensemble")
+    p.add_argument("--ensemble-name", default=DEFAULT_MODEL)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--model-instances", type=int, default=1)
     p.set_defaults(run=_build)
@@ -303,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--url", default=None)
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    p.add_argument("--model", default="calibrated_ensemble")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--format", choices=("table", "seed-json", "seed-csv"), default="table")
     p.add_argument("--task", default=None, help="with seed formats: the task to format")
     p.add_argument("--id-field", default=None, help="with table: keep only this input column")
@@ -315,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schema", help="print what a served ensemble takes and returns")
     p.add_argument("--url", default=None, help="server address (default: localhost:8000, or :8001 for grpc)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: %(default)s")
-    p.add_argument("--model", default="calibrated_ensemble", help="ensemble name (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the published schema as JSON")
     p.set_defaults(run=_schema)
 
@@ -338,23 +340,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Known failures (``TceError``: a bad file, option or record, a server that will not
+    start) print one line and exit 2; anything else is a bug and keeps its traceback."""
     args = parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except Exception as error:  # a clear one-line error for known failures
-        from tce_backends.errors import BundleError
-
-        from tce_client import ClientError
-
-        from .gateway import GatewayError
-        from .security import AdminKeyError
-        from .server import ServerError
-
-        if isinstance(error, (BundleError, ServerError, GatewayError, AdminKeyError, ClientError, ValueError,
-                              FileNotFoundError)):
-            print(f"tce {args.command}: error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except (TceError, FileNotFoundError) as error:
+        print(f"tce {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .processes import die_with_parent
+from tce_backends.errors import TceError
 
 GATEWAY_DIR = Path(__file__).resolve().parents[1] / "docker" / "gateway"
 TEMPLATE = GATEWAY_DIR / "gateway.conf.template"
@@ -33,7 +34,7 @@ DEFAULT_MAX_BODY = "16m"
 DEFAULT_MAX_ELEMENTS = 1 << 22
 
 
-class GatewayError(RuntimeError):
+class GatewayError(TceError):
     """nginx (with njs) is missing, or the gateway did not start."""
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from tce_backends.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOAD_TESTS = REPO_ROOT / "load_tests"
@@ -27,16 +28,16 @@ class LoadTestConfig:
 
     def __post_init__(self) -> None:
         if self.users < 1:
-            raise ValueError(f"users must be >= 1, got {self.users}")
+            raise UsageError(f"users must be >= 1, got {self.users}")
         if self.spawn_rate <= 0:
-            raise ValueError(f"spawn_rate must be > 0, got {self.spawn_rate}")
+            raise UsageError(f"spawn_rate must be > 0, got {self.spawn_rate}")
         if not self.duration or not self.duration[0].isdigit():
-            raise ValueError(f"duration must look like 30s, 2m or 1h, got {self.duration!r}")
+            raise UsageError(f"duration must look like 30s, 2m or 1h, got {self.duration!r}")
         if not Path(self.slo_file).is_file():
-            raise ValueError(f"SLO file {self.slo_file} does not exist")
+            raise UsageError(f"SLO file {self.slo_file} does not exist")
         unknown = set(self.protocols) - {"http", "grpc"}
         if not self.protocols or unknown:
-            raise ValueError(f"protocols must be http and/or grpc, got {list(self.protocols)}")
+            raise UsageError(f"protocols must be http and/or grpc, got {list(self.protocols)}")
 
 
 def locust_command(config: LoadTestConfig, http_url: str, grpc_url: str,
@@ -94,7 +95,7 @@ def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | 
     from .server import EmbeddedServer, ServerConfig, free_ports
 
     if repository is None:
-        raise ValueError("give a repository to serve, or both --http-url and --grpc-url")
+        raise UsageError("give a repository to serve, or both --http-url and --grpc-url")
     with EmbeddedServer(ServerConfig(Path(repository), *free_ports())) as server:
         print(f"embedded Triton serving {repository} (HTTP {server.config.http_url}, gRPC {server.config.grpc_url})",
               flush=True)

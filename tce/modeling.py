@@ -19,6 +19,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tce_backends.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class BertConfig:
     def from_hf(cls, model_dir: Path) -> "BertConfig":
         data = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
         if data.get("model_type") != "bert":
-            raise ValueError(f"{model_dir} holds a {data.get('model_type')!r} model, not BERT")
+            raise UsageError(f"{model_dir} holds a {data.get('model_type')!r} model, not BERT")
         return cls(**{k: data[k] for k in asdict(cls(vocab_size=1)) if k in data})
 
     @classmethod

@@ -19,31 +19,28 @@ queueing without end.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
 from tce_backends import contract
-from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Bundle, Manifest
-from tce_backends.tasks import total_classes
+from tce_backends.bundle import MANIFEST_FILE, Bundle, Manifest
+from tce_backends.contract import TensorSpec
+from tce_backends.errors import UsageError
+from tce_backends.graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS, EnsembleGraph, ensemble_graph
 from tce_backends.text import TextFieldConfig
+from tce_client import DEFAULT_MODEL
 from tce_client.schema import SCHEMA_PARAMETER, EnsembleSchema, TaskInfo
 
 LIBTORCH_CONFIG_NAME = "libtorch"
-MODEL_PY = {
-    contract.PREPROCESSOR: "PreprocessorModel",
-    contract.MULTIMODAL_MODEL: "MultimodalModel",
-    contract.CALIBRATOR: "CalibratorModel",
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
+MODEL_PY: Mapping[str, str] = {name: kind.model_class for name, kind in STEP_KINDS.items()}
+# What each Python-backend step's version directory holds beside model.py and manifest.json.
+STEP_ARTIFACTS: Mapping[str, tuple[str, ...]] = {name: kind.parts for name, kind in STEP_KINDS.items()}
+HEADER = "# Written by 'tce build' from the bundle's manifest; edit the builder, not this file.\n"
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,8 @@ class Batching:
     ``one_request_per_execution`` sets ``preferred_batch_size: [1]`` with no queue
     delay: Triton's batcher then closes every batch after its first request, whatever
     its row count, so the step gets the batcher's queue policy without ever merging
-    two callers' requests (see ``docs/security.md``).
+    two callers' requests (see ``docs/security.md``). Requests beyond the queue's size
+    or wait are refused (``REJECT``, Triton's default timeout action) with UNAVAILABLE.
     """
 
     max_queue_delay_us: int
@@ -61,15 +59,27 @@ class Batching:
     queue_timeout_us: int
     one_request_per_execution: bool = False
 
-    def render(self) -> list[str]:
-        lines = ["dynamic_batching {"]
+    def fill(self, config: pb.ModelConfig) -> None:
+        batching = config.dynamic_batching
         if self.one_request_per_execution:
-            lines.append("  preferred_batch_size: [ 1 ]")
-        lines += [f"  max_queue_delay_microseconds: {self.max_queue_delay_us}",
-                  "  default_queue_policy {", "    timeout_action: REJECT",
-                  f"    default_timeout_microseconds: {self.queue_timeout_us}",
-                  f"    max_queue_size: {self.max_queue_size}", "  }", "}"]
-        return lines
+            batching.preferred_batch_size.append(1)
+        batching.max_queue_delay_microseconds = self.max_queue_delay_us
+        policy = batching.default_queue_policy
+        policy.timeout_action = pb.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = self.queue_timeout_us
+        policy.max_queue_size = self.max_queue_size
+
+
+def _add_tensors(field: object, specs: Sequence[TensorSpec]) -> None:
+    for spec in specs:
+        tensor = field.add()  # type: ignore[attr-defined]
+        tensor.name = spec.name
+        tensor.data_type = pb.DataType.Value(spec.data_type)
+        tensor.dims.extend(spec.dims)
+
+
+def _render(config: pb.ModelConfig) -> str:
+    return HEADER + text_format.MessageToString(config)
 
 
 @dataclass(frozen=True)
@@ -85,55 +95,62 @@ class StepConfig:
     parameters: tuple[tuple[str, str], ...] = ()
     warmup: bool = False
 
+    def to_proto(self) -> pb.ModelConfig:
+        """Triton's own schema: a misspelt field or enum fails here, at build time."""
+        config = pb.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
+        _add_tensors(config.input, self.inputs)
+        _add_tensors(config.output, self.outputs)
+        self.batching.fill(config)
+        config.instance_group.add(kind=pb.ModelInstanceGroup.Kind.Value(self.instance_kind),
+                                  count=self.instance_count)
+        for key, value in self.parameters:
+            config.parameters[key].string_value = value
+        if self.warmup:  # one zero-filled batch of 1 (masks of zeros are valid: empty chunks)
+            warmup = config.model_warmup.add(name="zeros", batch_size=1)
+            for spec in self.inputs:
+                warmup.inputs[spec.name].data_type = pb.DataType.Value(spec.data_type)
+                warmup.inputs[spec.name].dims.extend(spec.dims)
+                warmup.inputs[spec.name].zero_data = True
+        return config
+
     def render(self) -> str:
-        lines = [f'name: "{self.name}"', f'backend: "{self.backend}"', f"max_batch_size: {self.max_batch_size}"]
-        lines += _tensors("input", self.inputs) + _tensors("output", self.outputs)
-        lines += self.batching.render()
-        lines += ["instance_group [", f"  {{ kind: {self.instance_kind} count: {self.instance_count} }}", "]"]
-        lines += _parameters(self.parameters)
-        if self.warmup:
-            lines += _warmup(self.inputs)
-        return "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class EnsembleStep:
-    model_name: str
-    input_map: tuple[tuple[str, str], ...]   # (step input, ensemble tensor)
-    output_map: tuple[tuple[str, str], ...]  # (step output, ensemble tensor)
+        return _render(self.to_proto())
 
 
 @dataclass(frozen=True)
 class EnsembleConfig:
     name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    graph: EnsembleGraph
     max_batch_size: int
-    steps: tuple[EnsembleStep, ...]
     parameters: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.graph.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.graph.outputs
+
+    def to_proto(self) -> pb.ModelConfig:
+        config = pb.ModelConfig(name=self.name, platform="ensemble", max_batch_size=self.max_batch_size)
+        _add_tensors(config.input, self.inputs)
+        _add_tensors(config.output, self.outputs)
+        for node in self.graph.steps:
+            step = config.ensemble_scheduling.step.add(model_name=node.name, model_version=-1)
+            step.input_map.update(node.input_map)
+            step.output_map.update(node.output_map)
+        for key, value in self.parameters:
+            config.parameters[key].string_value = value
+        return config
+
     def render(self) -> str:
-        lines = [f'name: "{self.name}"', 'platform: "ensemble"', f"max_batch_size: {self.max_batch_size}"]
-        lines += _tensors("input", self.inputs) + _tensors("output", self.outputs)
-        lines.append("ensemble_scheduling {")
-        lines.append("  step [")
-        for index, step in enumerate(self.steps):
-            lines.append("    {")
-            lines.append(f'      model_name: "{step.model_name}"')
-            lines.append("      model_version: -1")
-            for key, value in step.input_map:
-                lines.append(f'      input_map {{ key: "{key}" value: "{value}" }}')
-            for key, value in step.output_map:
-                lines.append(f'      output_map {{ key: "{key}" value: "{value}" }}')
-            lines.append("    }" + ("," if index < len(self.steps) - 1 else ""))
-        lines += ["  ]", "}"]
-        lines += _parameters(self.parameters)
-        return "\n".join(lines) + "\n"
+        return _render(self.to_proto())
 
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    ensemble_name: str = contract.DEFAULT_ENSEMBLE
+    ensemble_name: str = DEFAULT_MODEL
     max_batch_size: int = 64
     python_queue_delay_us: int = 100
     model_queue_delay_us: int = 2000
@@ -148,83 +165,31 @@ class RepositoryOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_batch_size <= 4096:
-            raise ValueError(f"max_batch_size must be in [1, 4096], got {self.max_batch_size}")
+            raise UsageError(f"max_batch_size must be in [1, 4096], got {self.max_batch_size}")
         if self.python_queue_delay_us < 0 or self.model_queue_delay_us < 0:
-            raise ValueError("queue delays must be >= 0")
+            raise UsageError("queue delays must be >= 0")
         for name in ("model_instances", "preprocessor_instances", "queue_timeout_ms", "max_queue_size",
                      "model_max_queue_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.ensemble_name or self.ensemble_name in MODEL_PY:
-            raise ValueError(f"ensemble_name {self.ensemble_name!r} is empty or names a step")
-
-
-def _tensors(kind: str, specs: Sequence[TensorSpec]) -> list[str]:
-    if not specs:
-        return []
-    lines = [f"{kind} ["]
-    for index, spec in enumerate(specs):
-        dims = ", ".join(str(d) for d in spec.dims)
-        comma = "," if index < len(specs) - 1 else ""
-        lines.append(f'  {{ name: "{spec.name}" data_type: {spec.data_type} dims: [ {dims} ] }}{comma}')
-    lines.append("]")
-    return lines
-
-
-def _parameters(parameters: Sequence[tuple[str, str]]) -> list[str]:
-    return [f"parameters {{ key: \"{key}\" value: {{ string_value: {json.dumps(value)} }} }}"
-            for key, value in parameters]
-
-
-def _warmup(inputs: Sequence[TensorSpec]) -> list[str]:
-    """One zero-filled batch-of-1 warm-up (masks of zeros are valid: empty chunks)."""
-    lines = ["model_warmup [", "  {", '    name: "zeros"', "    batch_size: 1"]
-    for spec in inputs:
-        dims = " ".join(f"dims: {d}" for d in spec.dims)
-        lines.append(f'    inputs {{ key: "{spec.name}" value: {{ data_type: {spec.data_type} {dims} zero_data: true }} }}')
-    lines += ["  }", "]"]
-    return lines
-
-
-# -- step configs from a manifest ----------------------------------------------
-
-def _token_specs(fields: Sequence[TextFieldConfig]) -> list[TensorSpec]:
-    specs = []
-    for config, (ids, mask) in zip(fields, contract.token_tensor_names([f.name for f in fields])):
-        dims = (config.max_chunks, config.max_length)
-        specs += [TensorSpec(ids, "TYPE_INT64", dims), TensorSpec(mask, "TYPE_INT64", dims)]
-    return specs
-
-
-def _task_output_specs(manifest: Manifest) -> list[TensorSpec]:
-    specs = []
-    for task in manifest.tasks:
-        specs += [TensorSpec(contract.raw_output(task.name), "TYPE_FP32", (task.num_classes,)),
-                  TensorSpec(contract.calibrated_output(task.name), "TYPE_FP32", (task.num_classes,)),
-                  TensorSpec(contract.label_output(task.name), "TYPE_STRING", (1,))]
-    specs += [TensorSpec(contract.CALIBRATION_VERSION, "TYPE_STRING", (1,)),
-              TensorSpec(contract.CALIBRATION_FALLBACK, "TYPE_BOOL", (len(manifest.tasks),))]
-    return specs
-
-
-def _raw_input_specs(manifest: Manifest) -> list[TensorSpec]:
-    specs = [TensorSpec(name, "TYPE_STRING", (1,)) for name in manifest.text_fields]
-    if manifest.features.numeric_names:
-        specs.append(TensorSpec(contract.NUMERIC_FEATURES, "TYPE_FP64", (len(manifest.features.numeric_names),)))
-    if manifest.features.categorical_names:
-        specs.append(TensorSpec(contract.CATEGORICAL_FEATURES, "TYPE_STRING",
-                                (len(manifest.features.categorical_names),)))
-    return specs
+            raise UsageError(f"ensemble_name {self.ensemble_name!r} is empty or names a step")
 
 
 def schema_for(manifest: Manifest) -> EnsembleSchema:
-    """What the client learns from the server: published in the ensemble config."""
+    """What the client learns from the server: published in the ensemble config,
+    with the tensor names, so that the client needs no copy of ``contract``."""
     return EnsembleSchema(
         text_fields=manifest.text_fields,
         numeric_features=manifest.features.numeric_names,
         categorical_features=manifest.features.categorical_names,
         feature_order=manifest.features.names,
-        tasks=tuple(TaskInfo(t.name, t.kind, t.classes) for t in manifest.tasks),
+        tasks=tuple(TaskInfo(t.name, t.kind, t.classes,
+                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name))))
+                    for t in manifest.tasks),
+        inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
+        outputs={"calibration_version": contract.CALIBRATION_VERSION,
+                 "calibration_fallback": contract.CALIBRATION_FALLBACK},
     )
 
 
@@ -239,46 +204,35 @@ class RepositoryConfigs:
     def files(self) -> dict[str, str]:
         """Relative path -> config text."""
         return {
-            f"{contract.PREPROCESSOR}/config.pbtxt": self.preprocessor.render(),
-            f"{contract.MULTIMODAL_MODEL}/config.pbtxt": self.model_python.render(),
-            f"{contract.MULTIMODAL_MODEL}/configs/{LIBTORCH_CONFIG_NAME}.pbtxt": self.model_libtorch.render(),
-            f"{contract.CALIBRATOR}/config.pbtxt": self.calibrator.render(),
+            f"{PREPROCESSOR}/config.pbtxt": self.preprocessor.render(),
+            f"{MULTIMODAL_MODEL}/config.pbtxt": self.model_python.render(),
+            f"{MULTIMODAL_MODEL}/configs/{LIBTORCH_CONFIG_NAME}.pbtxt": self.model_libtorch.render(),
+            f"{CALIBRATOR}/config.pbtxt": self.calibrator.render(),
             f"{self.ensemble.name}/config.pbtxt": self.ensemble.render(),
         }
 
 
 def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
                  options: RepositoryOptions = RepositoryOptions()) -> RepositoryConfigs:
-    if tuple(f.name for f in text_fields) != manifest.text_fields:
-        raise ValueError("text field settings do not match the manifest's text fields")
+    """Every config of the repository, from the one ``EnsembleGraph`` of this bundle."""
+    graph = ensemble_graph(manifest, text_fields)
     batch = options.max_batch_size
     timeout_us = options.queue_timeout_ms * 1000
-    python_batching = Batching(options.python_queue_delay_us, options.max_queue_size, timeout_us)
-    raw_inputs = _raw_input_specs(manifest)
-    token_specs = _token_specs(text_fields)
-    tabular_spec = TensorSpec(contract.tabular_tensor_name(manifest.text_fields), "TYPE_FP32",
-                              (len(manifest.features.names),))
-    probabilities = TensorSpec(contract.PROBABILITIES, "TYPE_FP32", (total_classes(manifest.tasks),))
-    task_outputs = _task_output_specs(manifest)
 
-    preprocessor = StepConfig(
-        contract.PREPROCESSOR, "python", tuple(raw_inputs), (*token_specs, tabular_spec), batch,
-        Batching(0, options.max_queue_size, timeout_us, one_request_per_execution=True),
-        instance_count=options.preprocessor_instances)
-    model_python = StepConfig(
-        contract.MULTIMODAL_MODEL, "python", (*token_specs, tabular_spec), (probabilities,), batch,
-        Batching(options.model_queue_delay_us, options.model_max_queue_size, timeout_us),
-        instance_count=options.model_instances,
-        parameters=(("device", "auto"), ("num_threads", str(options.model_threads))))
+    def step(name: str, batching: Batching, **settings: object) -> StepConfig:
+        node = graph.node(name)
+        return StepConfig(name, "python", node.inputs, node.outputs, batch, batching, **settings)  # type: ignore[arg-type]
+
+    preprocessor = step(PREPROCESSOR, Batching(0, options.max_queue_size, timeout_us, one_request_per_execution=True),
+                        instance_count=options.preprocessor_instances)
+    model_python = step(MULTIMODAL_MODEL, Batching(options.model_queue_delay_us, options.model_max_queue_size,
+                                                   timeout_us),
+                        instance_count=options.model_instances,
+                        parameters=(("device", "auto"), ("num_threads", str(options.model_threads))))
     model_libtorch = replace(model_python, backend="pytorch", instance_kind="KIND_GPU", warmup=True,
                              parameters=(("INFERENCE_MODE", "true"), ("DISABLE_OPTIMIZED_EXECUTION", "false")))
-    calibrator = StepConfig(contract.CALIBRATOR, "python", (probabilities,), tuple(task_outputs), batch,
-                            python_batching)
-
-    steps = tuple(EnsembleStep(step.name, tuple((t.name, t.name) for t in step.inputs),
-                               tuple((t.name, t.name) for t in step.outputs))
-                  for step in (preprocessor, model_python, calibrator))
-    ensemble = EnsembleConfig(options.ensemble_name, tuple(raw_inputs), tuple(task_outputs), batch, steps,
+    calibrator = step(CALIBRATOR, Batching(options.python_queue_delay_us, options.max_queue_size, timeout_us))
+    ensemble = EnsembleConfig(options.ensemble_name, graph, batch,
                               parameters=((SCHEMA_PARAMETER, schema_for(manifest).to_json()),))
     return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble)
 
@@ -289,14 +243,6 @@ SHELL_MARKER = "from tce_backends.triton.models import"
 def model_py_source(step: str) -> str:
     return (f'"""Triton Python model for the {step} step: a thin shell over tce_backends."""\n'
             f"{SHELL_MARKER} {MODEL_PY[step]} as TritonPythonModel  # noqa: F401\n")
-
-
-# What each Python-backend step's version directory holds beside model.py and manifest.json.
-STEP_ARTIFACTS: Mapping[str, tuple[str, ...]] = {
-    contract.PREPROCESSOR: (TEXT_DIR, TABULAR_DIR),
-    contract.MULTIMODAL_MODEL: (MODEL_FILE,),
-    contract.CALIBRATOR: (CALIBRATION_DIR,),
-}
 
 
 def write_step_version(bundle: Bundle, step: str, version_dir: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from tce_backends.errors import UsageError
 
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 ADMIN_KEY_HEADER = "tce-admin-key"
@@ -22,7 +23,7 @@ ADMIN_KEY_FILE_ENV = "TCE_ADMIN_KEY_FILE"
 _MIN_KEY_LENGTH = 16
 
 
-class AdminKeyError(ValueError):
+class AdminKeyError(UsageError):
     """The admin key is missing, unreadable or too weak."""
 
 

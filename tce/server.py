@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 from .processes import die_with_parent, kill_group, pid_alive
 from .security import generate_admin_key, restricted_api_args, write_admin_key
+from tce_backends.errors import TceError
+from tce_client.client import DEFAULT_MODEL
 
 # The Triton inside nvidia-pytriton 0.7.0, and the NGC image of the same release (docker/Dockerfile).
 TRITON_VERSION = "2.51.0"
@@ -47,7 +49,7 @@ ADMIN_KEY_FILE = "admin-key"
 LOG_FILE = "tritonserver.log"
 
 
-class ServerError(RuntimeError):
+class ServerError(TceError):
     """The embedded server could not be started or did not become ready."""
 
 
@@ -356,7 +358,7 @@ class Watchdog:
     failures: int = 2              # failed canaries in a row before a restart
     max_restarts: int = 3          # within restart_window_s; then give up with exit code 3
     restart_window_s: float = 600.0
-    model: str = "calibrated_ensemble"
+    model: str = DEFAULT_MODEL
 
 
 def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = (),

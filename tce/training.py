@@ -28,6 +28,7 @@ from . import demo_data
 from .calibration_fit import FitMethod, fit_task
 from .metrics import TaskMetrics, metrics_table, task_metrics
 from .modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
+from tce_backends.errors import UsageError
 
 EncoderChoice = Literal["minilm", "tiny"]
 TaskSet = Literal["abuse_reason", "abuse", "reason", "score_fields"]
@@ -62,13 +63,13 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if self.model_kind not in ("bimodal", "trimodal"):
-            raise ValueError(f"model_kind must be bimodal or trimodal, got {self.model_kind!r}")
+            raise UsageError(f"model_kind must be bimodal or trimodal, got {self.model_kind!r}")
         if self.encoder not in ("minilm", "tiny"):
-            raise ValueError(f"encoder must be minilm or tiny, got {self.encoder!r}")
+            raise UsageError(f"encoder must be minilm or tiny, got {self.encoder!r}")
         if self.task_set not in TASK_SETS:
-            raise ValueError(f"task_set must be one of {list(TASK_SETS)}, got {self.task_set!r}")
+            raise UsageError(f"task_set must be one of {list(TASK_SETS)}, got {self.task_set!r}")
         if self.rows < 200:
-            raise ValueError(f"rows must be >= 200 to leave train, calibration and test splits, got {self.rows}")
+            raise UsageError(f"rows must be >= 200 to leave train, calibration and test splits, got {self.rows}")
 
 
 @dataclass

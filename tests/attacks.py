@@ -284,7 +284,7 @@ def step_attacks() -> list[Attack]:
     def step(model: str, inputs: list[dict]) -> Callable[[Target], tuple[Any, str]]:
         return _raw(json.dumps({"inputs": inputs}).encode(), model=model)
 
-    probabilities = lambda values: [_entry("probabilities__0", "FP32", [1, 6], values)]  # noqa: E731
+    probabilities = lambda values: [_entry("probabilities", "FP32", [1, 6], values)]  # noqa: E731
     return [Attack(name, "step", send, expect) for name, send, expect in (
         ("preprocessor: invalid UTF-8", _raw(json.dumps(json_body()).encode().replace(b"hello", b"\xff"),
                                              model="preprocessor"), "dialogue"),
@@ -297,7 +297,7 @@ def step_attacks() -> list[Attack]:
                                                model="calibrator"), "probabilities"),
         ("calibrator: probability 7", step("calibrator", probabilities([7.0] * 6)), "probabilities"),
         ("calibrator: negative probability", step("calibrator", probabilities([-1.0] * 6)), "probabilities"),
-        ("calibrator: wrong width", step("calibrator", [_entry("probabilities__0", "FP32", [1, 5], [0.2] * 5)]),
+        ("calibrator: wrong width", step("calibrator", [_entry("probabilities", "FP32", [1, 5], [0.2] * 5)]),
          "probabilities"),
     )]
 

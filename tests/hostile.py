@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from tce_backends import contract
 
-ENSEMBLE = contract.DEFAULT_ENSEMBLE
+from tce_client import DEFAULT_MODEL
+
+ENSEMBLE = DEFAULT_MODEL
 GOOD_RECORD = {"dialogue": ["buyer: hello there"], "numeric_features": [1.0, 2.0, 3.0, 4.0, 5.0],
                "categorical_features": ["card", "US", "toys"]}
 

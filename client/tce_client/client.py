@@ -31,6 +31,7 @@ from .errors import (InferenceError, ModelNotReadyError, RequestTimeoutError, Se
                      ServerUnavailableError)
 from .results import Prediction, TaskResult
 from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
+from tce_backends.errors import UsageError
 
 T = TypeVar("T")
 # What Triton says when it refuses a request it never ran (dynamic batcher queue policy).
@@ -38,48 +39,44 @@ _NOT_RUN = ("Exceeds maximum queue size", "Request timeout expired")
 _NOT_CONNECTED = ("Connection refused", "failed to connect", "Failed to connect")
 
 Protocol = Literal["http", "grpc"]
-DEFAULT_MODEL = "calibrated_ensemble"
+DEFAULT_MODEL = "calibrated_ensemble"  # the one home of the ensemble's default name
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
-CALIBRATION_VERSION = "calibration_version"
-CALIBRATION_FALLBACK = "calibration_fallback"
 _DATATYPES = {np.dtype(np.float64): "FP64", np.dtype(np.object_): "BYTES"}
 
 
 def _protocol_module(protocol: str, asynchronous: bool) -> Any:
     if protocol not in ("http", "grpc"):
-        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        raise UsageError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
     return importlib.import_module(f"tritonclient.{protocol}{'.aio' if asynchronous else ''}")
-
-
-def _output_names(schema: EnsembleSchema) -> list[str]:
-    names = []
-    for task in schema.tasks:
-        names += [f"{task.name}_raw", f"{task.name}_calibrated", f"{task.name}_label"]
-    return [*names, CALIBRATION_VERSION, CALIBRATION_FALLBACK]
 
 
 def _parse_config(protocol: str, config: Any, model: str) -> tuple[EnsembleSchema, int]:
     if protocol == "grpc":
         config = config["config"]
     try:
-        schema = EnsembleSchema.from_json(config["parameters"][SCHEMA_PARAMETER]["string_value"])
+        published = config["parameters"][SCHEMA_PARAMETER]["string_value"]
     except KeyError:
         raise ModelNotReadyError(f"model {model!r} does not publish a '{SCHEMA_PARAMETER}' parameter; "
                                  "is it an ensemble built by 'tce build'?") from None
+    try:
+        schema = EnsembleSchema.from_json(published)
+    except (KeyError, ValueError, TypeError) as error:  # a part missing: an older build
+        raise ModelNotReadyError(f"model {model!r} publishes a '{SCHEMA_PARAMETER}' this client cannot read "
+                                 f"({error!r}); rebuild the repository with this version's 'tce build'") from None
     return schema, int(config.get("max_batch_size", 0)) or 1
 
 
 def _decode(schema: EnsembleSchema, outputs: dict[str, np.ndarray]) -> list[Prediction]:
-    versions = outputs[CALIBRATION_VERSION].reshape(-1)
-    fallback = outputs[CALIBRATION_FALLBACK]
+    versions = outputs[schema.outputs["calibration_version"]].reshape(-1)
+    fallback = outputs[schema.outputs["calibration_fallback"]]
     predictions = []
     for row in range(versions.shape[0]):
         tasks = {}
         for index, task in enumerate(schema.tasks):
-            label = outputs[f"{task.name}_label"][row, 0]
+            label = outputs[task.outputs["label"]][row, 0]
             tasks[task.name] = TaskResult(
-                task=task.name, classes=task.classes, raw=outputs[f"{task.name}_raw"][row],
-                calibrated=outputs[f"{task.name}_calibrated"][row],
+                task=task.name, classes=task.classes, raw=outputs[task.outputs["raw"]][row],
+                calibrated=outputs[task.outputs["calibrated"]][row],
                 label=label.decode() if isinstance(label, bytes) else str(label),
                 calibration_fallback=bool(fallback[row, index]))
         version = versions[row]
@@ -112,9 +109,9 @@ class _Common:
                  retries: int) -> None:
         self._module = _protocol_module(protocol, asynchronous)
         if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+            raise UsageError(f"timeout_s must be > 0, got {timeout_s}")
         if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+            raise UsageError(f"retries must be >= 0, got {retries}")
         self.protocol = protocol
         self.url = host_port(url or DEFAULT_URLS[protocol], protocol)
         self.model = model
@@ -157,7 +154,7 @@ class _Common:
                 tensor.set_data_from_numpy(part)
             infer_inputs.append(tensor)
         assert self.schema is not None
-        outputs = [self._output(name) for name in _output_names(self.schema)]
+        outputs = [self._output(name) for name in self.schema.output_names]
         return infer_inputs, outputs
 
     def _output(self, name: str) -> Any:
@@ -260,7 +257,7 @@ class CalibratedClassifierClient(_Common):
         except Exception as error:  # noqa: BLE001
             raise self._raise_for(error) from None
         assert self.schema is not None
-        return _decode(self.schema, {name: result.as_numpy(name) for name in _output_names(self.schema)})
+        return _decode(self.schema, {name: result.as_numpy(name) for name in self.schema.output_names})
 
     def close(self) -> None:
         self._client.close()
@@ -280,7 +277,7 @@ class AsyncCalibratedClassifierClient(_Common):
                  max_concurrency: int = 8, timeout_s: float = 30.0, retries: int = 2) -> None:
         super().__init__(url, protocol, model, asynchronous=True, timeout_s=timeout_s, retries=retries)
         if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+            raise UsageError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         self._client = (self._module.InferenceServerClient(self.url, conn_timeout=timeout_s) if protocol == "http"
                         else self._module.InferenceServerClient(self.url))
@@ -327,7 +324,7 @@ class AsyncCalibratedClassifierClient(_Common):
         except Exception as error:  # noqa: BLE001
             raise self._raise_for(error) from None
         assert self.schema is not None
-        return _decode(self.schema, {name: result.as_numpy(name) for name in _output_names(self.schema)})
+        return _decode(self.schema, {name: result.as_numpy(name) for name in self.schema.output_names})
 
     async def close(self) -> None:
         await self._client.close()

@@ -1,8 +1,10 @@
 """Client-side exceptions: each says what failed and what to do."""
 from __future__ import annotations
 
+from tce_backends.errors import TceError, UsageError
 
-class ClientError(Exception):
+
+class ClientError(TceError):
     """Base class of every error the SDK raises."""
 
 
@@ -14,7 +16,7 @@ class ModelNotReadyError(ClientError):
     """The server is up but the ensemble (or one of its steps) is not loaded and ready."""
 
 
-class RecordError(ClientError, ValueError):
+class RecordError(ClientError, UsageError):
     """A record cannot be encoded; names the record index and field."""
 
     def __init__(self, index: int | None, field: str, problem: str) -> None:

@@ -1,12 +1,13 @@
 """What a caller needs to know about a served ensemble, and turning plain records
 into its input tensors. The server publishes this schema in the ensemble config's
-``parameters``; nothing else is needed on the client side."""
+``parameters``, tensor names included; nothing else is needed on the client side,
+and the client holds no copy of the server's naming rules."""
 from __future__ import annotations
 
 import difflib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
@@ -16,8 +17,6 @@ from .errors import RecordError
 
 Records = Union[pd.DataFrame, Sequence[Mapping[str, Any]], Mapping[str, Any]]
 
-NUMERIC_INPUT = "numeric_features"
-CATEGORICAL_INPUT = "categorical_features"
 SCHEMA_PARAMETER = "tce_schema"
 
 
@@ -30,6 +29,7 @@ class TaskInfo:
     name: str
     kind: str
     classes: tuple[str, ...]
+    outputs: Mapping[str, str] = field(default_factory=dict)  # "raw"/"calibrated"/"label" -> output tensor
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,23 @@ class EnsembleSchema:
     categorical_features: tuple[str, ...]
     feature_order: tuple[str, ...]
     tasks: tuple[TaskInfo, ...]
+    # Tensor names: "numeric"/"categorical" -> input, "calibration_version"/"calibration_fallback" -> output.
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, text: str) -> "EnsembleSchema":
+        """Raises KeyError when the server's schema lacks a part (an older build)."""
         data = json.loads(text)
         return cls(
             text_fields=tuple(data["text_fields"]),
             numeric_features=tuple(data["numeric_features"]),
             categorical_features=tuple(data["categorical_features"]),
             feature_order=tuple(data["feature_order"]),
-            tasks=tuple(TaskInfo(t["name"], t["kind"], tuple(t["classes"])) for t in data["tasks"]),
+            tasks=tuple(TaskInfo(t["name"], t["kind"], tuple(t["classes"]), dict(t["outputs"]))
+                        for t in data["tasks"]),
+            inputs=dict(data["inputs"]),
+            outputs=dict(data["outputs"]),
         )
 
     def to_json(self) -> str:
@@ -57,8 +64,17 @@ class EnsembleSchema:
             "numeric_features": list(self.numeric_features),
             "categorical_features": list(self.categorical_features),
             "feature_order": list(self.feature_order),
-            "tasks": [{"name": t.name, "kind": t.kind, "classes": list(t.classes)} for t in self.tasks],
+            "tasks": [{"name": t.name, "kind": t.kind, "classes": list(t.classes), "outputs": dict(t.outputs)}
+                      for t in self.tasks],
+            "inputs": dict(self.inputs),
+            "outputs": dict(self.outputs),
         }, separators=(",", ":"))
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every output tensor the ensemble returns, as published."""
+        names = [t.outputs[part] for t in self.tasks for part in ("raw", "calibrated", "label")]
+        return [*names, self.outputs["calibration_version"], self.outputs["calibration_fallback"]]
 
     @property
     def input_fields(self) -> tuple[str, ...]:
@@ -101,9 +117,9 @@ class EnsembleSchema:
         for field in self.text_fields:
             inputs[field] = _strings(frame, field, rows, text=True)[:, None]
         if self.numeric_features:
-            inputs[NUMERIC_INPUT] = np.stack([_numbers(frame, f, rows) for f in self.numeric_features], axis=1)
+            inputs[self.inputs["numeric"]] = np.stack([_numbers(frame, f, rows) for f in self.numeric_features], axis=1)
         if self.categorical_features:
-            inputs[CATEGORICAL_INPUT] = np.stack(
+            inputs[self.inputs["categorical"]] = np.stack(
                 [_strings(frame, f, rows, text=False) for f in self.categorical_features], axis=1)
         unknown = self.check_fields(frame.columns, allow_missing_fields)
         if unknown:

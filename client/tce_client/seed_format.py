@@ -13,6 +13,7 @@ import json
 from typing import Sequence
 
 from .results import Prediction, TaskResult
+from tce_backends.errors import UsageError
 
 
 def seed_record(result: TaskResult) -> dict[str, str]:
@@ -31,14 +32,14 @@ def seed_record(result: TaskResult) -> dict[str, str]:
 
 def _task(predictions: Sequence[Prediction], task: str | None) -> str:
     if not predictions:
-        raise ValueError("no predictions to format")
+        raise UsageError("no predictions to format")
     names = list(predictions[0].tasks)
     if task is None:
         if len(names) != 1:
-            raise ValueError(f"the model has tasks {names}: name the one to format")
+            raise UsageError(f"the model has tasks {names}: name the one to format")
         return names[0]
     if task not in names:
-        raise ValueError(f"unknown task {task!r}; the model has {names}")
+        raise UsageError(f"unknown task {task!r}; the model has {names}")
     return task
 
 

@@ -6,54 +6,68 @@ The ensemble's caller-facing inputs are the raw text fields (one string each),
 ``<task>_calibrated`` and ``<task>_label``, plus ``calibration_version`` and
 ``calibration_fallback``.
 
-The model step's tensors use the ``<name>__<index>`` convention that Triton's
-libtorch backend maps onto ``forward`` arguments by position, so the Python and
-libtorch hosts of ``model.pt`` share one set of names.
+Steps speak plain names (``<field>_input_ids``, ``tabular``, ``probabilities``).
+Only the model step uses Triton's libtorch convention ``<name>__<index>``, which
+maps tensors onto ``forward`` arguments by position; the ensemble's
+``input_map``/``output_map`` rename at that one step (``tce_backends.graph``), so
+the Python and libtorch hosts of ``model.pt`` share one config.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Sequence
-
-# Model-repository step names, in ensemble order (a chain: each step feeds the next).
-PREPROCESSOR = "preprocessor"
-MULTIMODAL_MODEL = "multimodal_model"
-CALIBRATOR = "calibrator"
-DEFAULT_ENSEMBLE = "calibrated_ensemble"
 
 NUMERIC_FEATURES = "numeric_features"
 CATEGORICAL_FEATURES = "categorical_features"
 TABULAR = "tabular"
-PROBABILITIES = "probabilities__0"
+PROBABILITIES = "probabilities"
 CALIBRATION_VERSION = "calibration_version"
 CALIBRATION_FALLBACK = "calibration_fallback"
 
-# What model.pt raises for a token id outside its vocabulary (tce/modeling.py); the
+# What model.pt raises for a token id outside its vocabulary (tce/build/modeling.py); the
 # Python host turns it into an invalid-argument error naming the input.
 TOKEN_RANGE_ERROR = "token ids must be in [0, vocab_size)"
 
-RESERVED_NAMES = {NUMERIC_FEATURES, CATEGORICAL_FEATURES, TABULAR, CALIBRATION_VERSION, CALIBRATION_FALLBACK}
+RESERVED_NAMES = {NUMERIC_FEATURES, CATEGORICAL_FEATURES, TABULAR, PROBABILITIES, CALIBRATION_VERSION,
+                  CALIBRATION_FALLBACK}
 
 
-def token_tensor_names(text_fields: Sequence[str]) -> list[tuple[str, str]]:
-    """(input_ids, attention_mask) tensor names per text field, in field order."""
-    names = []
-    for i, field in enumerate(text_fields):
-        names.append((f"{field}_input_ids__{2 * i}", f"{field}_attention_mask__{2 * i + 1}"))
-    return names
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor as a Triton config declares it (``dims`` without the batch dimension)."""
+
+    name: str
+    data_type: str  # Triton's enum name, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
 
 
-def tabular_tensor_name(text_fields: Sequence[str]) -> str:
-    """The model's tabular input comes after every text field's two tensors."""
-    return f"{TABULAR}__{2 * len(text_fields)}"
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
 
-def raw_output(task: str) -> str:
-    return f"{task}_raw"
+def token_names(field: str) -> tuple[str, str]:
+    """(input_ids, attention_mask) tensor names of one text field."""
+    return f"{field}_input_ids", f"{field}_attention_mask"
 
 
-def calibrated_output(task: str) -> str:
-    return f"{task}_calibrated"
+def model_input_names(text_fields: Sequence[str]) -> tuple[str, ...]:
+    """``model.pt``'s forward arguments in order: each text field's two tensors, then tabular."""
+    return (*(name for field in text_fields for name in token_names(field)), TABULAR)
 
 
-def label_output(task: str) -> str:
-    return f"{task}_label"
+def positional(names: Sequence[str]) -> tuple[str, ...]:
+    """Triton's libtorch names for forward arguments (or outputs) by position."""
+    return tuple(f"{name}__{index}" for index, name in enumerate(names))
+
+
+def plain(name: str) -> str:
+    """The ensemble tensor behind a step tensor: positional names lose their ``__<index>``."""
+    return re.sub(r"__\d+$", "", name)
+
+
+def task_output_names(task: str) -> tuple[str, str, str]:
+    """(raw, calibrated, label) output names of one task."""
+    return f"{task}_raw", f"{task}_calibrated", f"{task}_label"

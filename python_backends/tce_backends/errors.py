@@ -1,8 +1,22 @@
-"""Precise exceptions: every message names the field or bundle part at fault."""
+"""Precise exceptions: every message names the field or bundle part at fault.
+
+``TceError`` is the root of every error the project raises on purpose (server,
+SDK and tooling); ``UsageError`` marks the ones caused by what a user gave (a
+file, an option, a record, a request). The CLI prints either as one line with a
+non-zero exit code; anything else is a bug and keeps its traceback.
+"""
 from __future__ import annotations
 
 
-class BundleError(ValueError):
+class TceError(Exception):
+    """Root of the project's own errors."""
+
+
+class UsageError(TceError, ValueError):
+    """Bad input from the user: a file, an option, a record or a request."""
+
+
+class BundleError(UsageError):
     """A bundle (or one of its parts) is missing, unreadable or inconsistent."""
 
     def __init__(self, part: str, problem: str) -> None:
@@ -11,7 +25,7 @@ class BundleError(ValueError):
         self.problem = problem
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A request carries a value the ensemble cannot use.
 
     Raised per request, so the Triton step fails that request alone (with Triton's

@@ -1,5 +1,6 @@
-"""The in-process reference pipeline: the whole ensemble in one process, built
-from the same step objects the Triton models run. The served ensemble must match it."""
+"""The in-process reference pipeline: the whole ensemble in one process, running
+the same ``EnsembleGraph`` the repository builder renders into the ensemble config,
+with the same step objects the Triton models run. The served ensemble must match it."""
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
@@ -7,27 +8,32 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .bundle import Bundle
-from .steps import CalibratorStep, ModelStep, PreprocessStep, Tensors
+from .graph import MULTIMODAL_MODEL, check_names, ensemble_graph
+from .steps import ModelStep, Step, Tensors
 from .tasks import total_classes
 
 
 class ReferencePipeline:
+    """``model``: run this callable (numpy arrays in forward order -> probabilities)
+    instead of loading ``model.pt`` on the CPU."""
+
     def __init__(self, bundle: Bundle, model: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None) -> None:
-        if model is None:
-            from .model_runner import ModelRunner
-            model = ModelRunner(bundle.model_path, device="cpu")
-        self.preprocessor = PreprocessStep(bundle.text, bundle.tabular)
-        self.model = ModelStep(model, bundle.manifest.text_fields, total_classes(bundle.manifest.tasks))
-        self.calibrator = CalibratorStep(bundle.calibrator)
+        manifest = bundle.manifest
+        self.graph = ensemble_graph(manifest, bundle.text.fields)
+        self.steps: dict[str, Step] = {}
+        for node in self.graph.steps:
+            if node.name == MULTIMODAL_MODEL:
+                step: Step = (ModelStep(model, manifest.text_fields, total_classes(manifest.tasks)) if model
+                              else ModelStep.load(bundle.root, manifest, device="cpu"))
+            else:
+                step = node.kind.step_type.load(bundle.root, manifest)
+            check_names(node, step)
+            self.steps[node.name] = step
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return self.preprocessor.input_names
-
-    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        return self.preprocessor.run(self.preprocessor.validate(inputs))
+        return tuple(spec.name for spec in self.graph.inputs)
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """Ensemble inputs (as a client sends them) -> ensemble outputs."""
-        probabilities = self.model.run(self.preprocess(inputs))
-        return self.calibrator.run(probabilities)
+        return self.graph.run(self.steps, inputs)

@@ -13,23 +13,37 @@ fails).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from . import contract
+from .bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
 from .calibration import Calibrator
+from .contract import Signature, TensorSpec
 from .errors import InputError
 from .strings import decode_strings
 from .tabular import TabularPreprocessor
-from .text import TextPreprocessor
+from .tasks import total_classes
+from .text import TextFieldConfig, TextPreprocessor
 
 Tensors = dict[str, np.ndarray]
 
 
 class Step(Protocol):
+    """One ensemble step. ``signature`` describes its tensors from the bundle's
+    manifest (what the repository builder renders); ``load`` builds it from a
+    directory laid out like a bundle (a bundle, or the step's version directory)."""
+
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+
+    @classmethod
+    def signature(cls, manifest: Manifest, text_fields: Sequence[TextFieldConfig]) -> Signature: ...
+
+    @classmethod
+    def load(cls, root: Path, manifest: Manifest, **options: Any) -> "Step": ...
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
 
@@ -55,7 +69,7 @@ class TokenizerStep:
     def __init__(self, text: TextPreprocessor) -> None:
         self.text = text
         self.input_names = tuple(f.name for f in text.fields)
-        self.output_names = tuple(n for pair in contract.token_tensor_names(self.input_names) for n in pair)
+        self.output_names = tuple(n for field in self.input_names for n in contract.token_names(field))
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         out = {}
@@ -71,7 +85,8 @@ class TokenizerStep:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         out = {}
-        for name, (ids_name, mask_name) in zip(self.input_names, contract.token_tensor_names(self.input_names)):
+        for name in self.input_names:
+            ids_name, mask_name = contract.token_names(name)
             tokens = self.text.encode(name, inputs[name][:, 0].tolist())
             out[ids_name], out[mask_name] = tokens.input_ids, tokens.attention_mask
         return out
@@ -80,13 +95,13 @@ class TokenizerStep:
 class TabularStep:
     """Raw numeric and categorical values -> float32 features in model order."""
 
-    def __init__(self, tabular: TabularPreprocessor, text_fields: Sequence[str]) -> None:
+    def __init__(self, tabular: TabularPreprocessor) -> None:
         self.tabular = tabular
         layout = tabular.layout
         self.input_names = tuple(name for name, present in (
             (contract.NUMERIC_FEATURES, bool(layout.numeric_names)),
             (contract.CATEGORICAL_FEATURES, bool(layout.categorical_names))) if present)
-        self.output_names = (contract.tabular_tensor_name(text_fields),)
+        self.output_names = (contract.TABULAR,)
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         out = {}
@@ -109,11 +124,28 @@ class PreprocessStep:
     """Every caller input -> token tensors per text field and the tabular matrix."""
 
     def __init__(self, text: TextPreprocessor, tabular: TabularPreprocessor) -> None:
-        fields = tuple(f.name for f in text.fields)
         self.tokenizer = TokenizerStep(text)
-        self.tabular = TabularStep(tabular, fields)
+        self.tabular = TabularStep(tabular)
         self.input_names = (*self.tokenizer.input_names, *self.tabular.input_names)
         self.output_names = (*self.tokenizer.output_names, *self.tabular.output_names)
+
+    @classmethod
+    def signature(cls, manifest: Manifest, text_fields: Sequence[TextFieldConfig]) -> Signature:
+        texts = [TensorSpec(f.name, "TYPE_STRING", (1,)) for f in text_fields]
+        features = manifest.features
+        tabular_inputs = [spec for spec, present in (
+            (TensorSpec(contract.NUMERIC_FEATURES, "TYPE_FP64", (len(features.numeric_names),)),
+             features.numeric_names),
+            (TensorSpec(contract.CATEGORICAL_FEATURES, "TYPE_STRING", (len(features.categorical_names),)),
+             features.categorical_names)) if present]
+        tokens = [TensorSpec(name, "TYPE_INT64", (f.max_chunks, f.max_length))
+                  for f in text_fields for name in contract.token_names(f.name)]
+        return Signature((*texts, *tabular_inputs),
+                         (*tokens, TensorSpec(contract.TABULAR, "TYPE_FP32", (len(features.names),))))
+
+    @classmethod
+    def load(cls, root: Path, manifest: Manifest, **options: Any) -> "PreprocessStep":
+        return cls(TextPreprocessor.load(root / TEXT_DIR), TabularPreprocessor.load(root / TABULAR_DIR))
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         out = {**self.tokenizer.validate(inputs), **self.tabular.validate(inputs)}
@@ -131,16 +163,33 @@ class ModelStep:
                  total_classes: int) -> None:
         self.model = model
         self.total_classes = total_classes
-        self.input_names = (*(n for pair in contract.token_tensor_names(text_fields) for n in pair),
-                            contract.tabular_tensor_name(text_fields))
-        self.output_names = (contract.PROBABILITIES,)
+        self.input_names = contract.positional(contract.model_input_names(text_fields))
+        self.output_names = contract.positional((contract.PROBABILITIES,))
+
+    @classmethod
+    def signature(cls, manifest: Manifest, text_fields: Sequence[TextFieldConfig]) -> Signature:
+        preprocessed = {spec.name: spec for spec in PreprocessStep.signature(manifest, text_fields).outputs}
+        names = contract.model_input_names(manifest.text_fields)
+        inputs = tuple(TensorSpec(positional, preprocessed[name].data_type, preprocessed[name].dims)
+                       for positional, name in zip(contract.positional(names), names))
+        outputs = (TensorSpec(contract.positional((contract.PROBABILITIES,))[0], "TYPE_FP32",
+                              (total_classes(manifest.tasks),)),)
+        return Signature(inputs, outputs)
+
+    @classmethod
+    def load(cls, root: Path, manifest: Manifest, **options: Any) -> "ModelStep":
+        """``options``: ``device`` ("auto", "cpu", "cuda:0") and ``num_threads`` for torch."""
+        from .model_runner import ModelRunner  # the only torch import
+
+        runner = ModelRunner(root / MODEL_FILE, **options)
+        return cls(runner, manifest.text_fields, total_classes(manifest.tasks))
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """The preprocessor's outputs, when a caller sends them to this step directly."""
         out = {name: _require(inputs, name) for name in self.input_names}
         _batch_size(out)
         *tokens, tabular = self.input_names
-        for ids_name, mask_name in zip(tokens[::2], tokens[1::2]):
+        for ids_name, mask_name in zip(tokens[::2], tokens[1::2]):  # forward order: ids, mask per field
             ids, mask = out[ids_name], out[mask_name]
             if ids.dtype != np.int64 or mask.dtype != np.int64 or ids.ndim != 3 or ids.shape != mask.shape:
                 raise InputError(ids_name, "token ids and attention mask must be int64 arrays of one shape "
@@ -160,7 +209,7 @@ class ModelStep:
         if probabilities.shape != (arrays[0].shape[0], self.total_classes):
             raise RuntimeError(f"model returned shape {probabilities.shape}, expected "
                                f"[{arrays[0].shape[0]}, {self.total_classes}]")
-        return {contract.PROBABILITIES: probabilities.astype(np.float32, copy=False)}
+        return {self.output_names[0]: probabilities.astype(np.float32, copy=False)}
 
 
 class CalibratorStep:
@@ -170,14 +219,30 @@ class CalibratorStep:
     def __init__(self, calibrator: Calibrator) -> None:
         self.calibrator = calibrator
         self.input_names = (contract.PROBABILITIES,)
-        names = []
-        for task in calibrator.tasks:
-            names += [contract.raw_output(task.name), contract.calibrated_output(task.name),
-                      contract.label_output(task.name)]
-        self.output_names = (*names, contract.CALIBRATION_VERSION, contract.CALIBRATION_FALLBACK)
+        self.output_names = tuple(spec.name for spec in self._output_specs(calibrator.tasks))
         self._class_names = {t.name: np.array([c.encode() for c in t.classes], dtype=np.object_)
                              for t in calibrator.tasks}
         self._version = calibrator.version.encode()
+
+    @staticmethod
+    def _output_specs(tasks: Sequence[Any]) -> tuple[TensorSpec, ...]:
+        specs = []
+        for task in tasks:
+            raw, calibrated, label = contract.task_output_names(task.name)
+            specs += [TensorSpec(raw, "TYPE_FP32", (task.num_classes,)),
+                      TensorSpec(calibrated, "TYPE_FP32", (task.num_classes,)),
+                      TensorSpec(label, "TYPE_STRING", (1,))]
+        return (*specs, TensorSpec(contract.CALIBRATION_VERSION, "TYPE_STRING", (1,)),
+                TensorSpec(contract.CALIBRATION_FALLBACK, "TYPE_BOOL", (len(tasks),)))
+
+    @classmethod
+    def signature(cls, manifest: Manifest, text_fields: Sequence[TextFieldConfig]) -> Signature:
+        return Signature((TensorSpec(contract.PROBABILITIES, "TYPE_FP32", (total_classes(manifest.tasks),)),),
+                         cls._output_specs(manifest.tasks))
+
+    @classmethod
+    def load(cls, root: Path, manifest: Manifest, **options: Any) -> "CalibratorStep":
+        return cls(Calibrator.load(root / CALIBRATION_DIR, manifest.tasks))
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """The model's output, when a caller sends it to this step directly."""
@@ -197,9 +262,10 @@ class CalibratorStep:
         result = self.calibrator.apply(probabilities)
         out: Tensors = {}
         for task in self.calibrator.tasks:
-            out[contract.raw_output(task.name)] = result.raw[task.name].astype(np.float32, copy=False)
-            out[contract.calibrated_output(task.name)] = result.calibrated[task.name].astype(np.float32)
-            out[contract.label_output(task.name)] = self._class_names[task.name][result.labels[task.name]][:, None]
+            raw, calibrated, label = contract.task_output_names(task.name)
+            out[raw] = result.raw[task.name].astype(np.float32, copy=False)
+            out[calibrated] = result.calibrated[task.name].astype(np.float32)
+            out[label] = self._class_names[task.name][result.labels[task.name]][:, None]
         batch = probabilities.shape[0]
         out[contract.CALIBRATION_VERSION] = np.full((batch, 1), self._version, dtype=np.object_)
         out[contract.CALIBRATION_FALLBACK] = result.fallback

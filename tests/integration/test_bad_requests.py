@@ -9,11 +9,12 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tce_backends import contract
+
+from tce_client import DEFAULT_MODEL
 from tce_client import CalibratedClassifierClient
 
 pytestmark = pytest.mark.integration
-ENSEMBLE = contract.DEFAULT_ENSEMBLE
+ENSEMBLE = DEFAULT_MODEL
 
 
 def _tensor(name, array, datatype):

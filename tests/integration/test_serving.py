@@ -10,12 +10,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tce.repository import schema_for
-from tce_backends import contract
+from tce_backends import graph
+from tce_client import DEFAULT_MODEL
 from tce_backends.reference import ReferencePipeline
 from tce_client import AsyncCalibratedClassifierClient, CalibratedClassifierClient
 
 pytestmark = pytest.mark.integration
-STEPS = (contract.PREPROCESSOR, contract.MULTIMODAL_MODEL, contract.CALIBRATOR, contract.DEFAULT_ENSEMBLE)
+STEPS = (graph.PREPROCESSOR, graph.MULTIMODAL_MODEL, graph.CALIBRATOR, DEFAULT_MODEL)
 
 
 def _assert_matches_reference(server, records, predictions):
@@ -96,7 +97,7 @@ def test_dynamic_batching_batches_concurrent_requests_after_the_entry_step(bimod
     for step in STEPS[:3]:
         inferences, executions = (a - b for a, b in zip(_statistics(bimodal_server.http_url, step), before[step]))
         assert inferences == 64, step
-        if step == contract.PREPROCESSOR:  # isolation: one caller request per execution
+        if step == graph.PREPROCESSOR:  # isolation: one caller request per execution
             assert executions == inferences, f"{step}: {executions} executions for {inferences} inferences"
         else:
             assert executions < inferences, f"{step}: {executions} executions for {inferences} inferences"
@@ -104,7 +105,7 @@ def test_dynamic_batching_batches_concurrent_requests_after_the_entry_step(bimod
 
 def test_config_publishes_schema_for_clients(bimodal_server):
     config = grpcclient.InferenceServerClient(bimodal_server.grpc_url).get_model_config(
-        contract.DEFAULT_ENSEMBLE, as_json=True)["config"]
+        DEFAULT_MODEL, as_json=True)["config"]
     assert "tce_schema" in config["parameters"]
     names = [o["name"] for o in config["output"]]
     assert "abuse_raw" in names and "abuse_calibrated" in names

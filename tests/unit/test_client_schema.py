@@ -7,7 +7,8 @@ from tce_client.schema import EnsembleSchema, TaskInfo
 
 SCHEMA = EnsembleSchema(text_fields=("dialogue",), numeric_features=("amount", "age"),
                         categorical_features=("payment",), feature_order=("amount", "age", "payment"),
-                        tasks=(TaskInfo("abuse", "binary", ("no", "yes")),))
+                        tasks=(TaskInfo("abuse", "binary", ("no", "yes")),),
+                        inputs={"numeric": "numeric_features", "categorical": "categorical_features"})
 
 
 def test_records_become_ensemble_inputs_with_missing_values():

@@ -2,11 +2,14 @@
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
 from tce.repository import (LIBTORCH_CONFIG_NAME, MODEL_PY, RepositoryOptions, make_configs, model_py_source,
                             write_repository)
 from tce.training import TrainingConfig, demo_manifest, demo_text_fields
-from tce_backends import contract
+from tce_backends import graph
+from tce_client import DEFAULT_MODEL
 from tests.conftest import REPO_ROOT
 
 CHECKED_IN = REPO_ROOT / "model_repository"
@@ -45,19 +48,19 @@ def test_python_and_libtorch_hosts_agree_on_everything_but_the_host():
 def test_ensemble_wires_every_input_and_output():
     configs = demo_configs()
     ensemble = configs.ensemble
-    produced = {name for step in ensemble.steps for _, name in step.output_map}
-    consumed = {name for step in ensemble.steps for _, name in step.input_map}
+    produced = {name for step in ensemble.graph.steps for _, name in step.output_map}
+    consumed = {name for step in ensemble.graph.steps for _, name in step.input_map}
     inputs = {t.name for t in ensemble.inputs}
     outputs = {t.name for t in ensemble.outputs}
     assert consumed <= produced | inputs, "a step reads a tensor nobody produces"
     assert outputs <= produced
     assert inputs <= consumed, "an ensemble input feeds no step"
     assert {"abuse_raw", "abuse_calibrated", "reason_raw", "reason_calibrated"} <= outputs
-    assert all(step.model_name in MODEL_PY for step in ensemble.steps)
+    assert all(step.name in MODEL_PY for step in ensemble.graph.steps)
     # every step config's inputs and outputs are exactly what the ensemble maps
     by_name = {c.name: c for c in (configs.preprocessor, configs.model_python, configs.calibrator)}
-    for step in ensemble.steps:
-        config = by_name[step.model_name]
+    for step in ensemble.graph.steps:
+        config = by_name[step.name]
         assert {k for k, _ in step.input_map} == {t.name for t in config.inputs}
         assert {k for k, _ in step.output_map} == {t.name for t in config.outputs}
 
@@ -67,36 +70,38 @@ def test_the_ensemble_is_a_chain_whose_first_step_takes_every_caller_input():
     leaked request, inputs freed early): no step may run beside the one that validates."""
     ensemble = demo_configs().ensemble
     caller_inputs = {t.name for t in ensemble.inputs}
-    first, *rest = ensemble.steps
-    assert first.model_name == contract.PREPROCESSOR
+    first, *rest = ensemble.graph.steps
+    assert first.name == graph.PREPROCESSOR
     assert {value for _, value in first.input_map} == caller_inputs
     previous = {value for _, value in first.output_map}
     for step in rest:
-        assert {value for _, value in step.input_map} <= previous, f"{step.model_name} reads past its predecessor"
+        assert {value for _, value in step.input_map} <= previous, f"{step.name} reads past its predecessor"
         previous = {value for _, value in step.output_map}
 
 
 def test_every_step_has_a_bounded_queue_and_the_entry_step_never_merges_requests():
     configs = demo_configs()
     for relative, text in configs.files().items():
-        assert "max_batch_size: 64" in text, relative
-        if "ensemble_scheduling" not in text:
-            assert "dynamic_batching" in text and "timeout_action: REJECT" in text, relative
-            assert "max_queue_size:" in text and "default_timeout_microseconds:" in text, relative
+        config = text_format.Parse(text, pb.ModelConfig())  # Triton's own schema
+        assert config.max_batch_size == 64, relative
+        if not config.HasField("ensemble_scheduling"):
+            policy = config.dynamic_batching.default_queue_policy
+            assert config.HasField("dynamic_batching") and policy.timeout_action == pb.ModelQueuePolicy.REJECT
+            assert policy.max_queue_size > 0 and policy.default_timeout_microseconds > 0, relative
     entry = configs.preprocessor.batching
     assert entry.one_request_per_execution and entry.max_queue_delay_us == 0
-    assert "preferred_batch_size: [ 1 ]" in configs.preprocessor.render()
+    assert list(configs.preprocessor.to_proto().dynamic_batching.preferred_batch_size) == [1]
     assert not configs.model_python.batching.one_request_per_execution
 
 
 def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
     out = write_repository(bimodal_bundle, tmp_path / "repo")
-    assert (out / contract.MULTIMODAL_MODEL / "1" / "model.pt").is_file()
-    assert (out / contract.MULTIMODAL_MODEL / "configs" / f"{LIBTORCH_CONFIG_NAME}.pbtxt").is_file()
-    assert (out / contract.PREPROCESSOR / "1" / "text" / "tokenizer.json").is_file()
-    assert (out / contract.PREPROCESSOR / "1" / "tabular" / "tabular.json").is_file()
-    assert (out / contract.CALIBRATOR / "1" / "calibration" / "calibration.json").is_file()
-    assert (out / contract.DEFAULT_ENSEMBLE / "1").is_dir()
+    assert (out / graph.MULTIMODAL_MODEL / "1" / "model.pt").is_file()
+    assert (out / graph.MULTIMODAL_MODEL / "configs" / f"{LIBTORCH_CONFIG_NAME}.pbtxt").is_file()
+    assert (out / graph.PREPROCESSOR / "1" / "text" / "tokenizer.json").is_file()
+    assert (out / graph.PREPROCESSOR / "1" / "tabular" / "tabular.json").is_file()
+    assert (out / graph.CALIBRATOR / "1" / "calibration" / "calibration.json").is_file()
+    assert (out / DEFAULT_MODEL / "1").is_dir()
     assert not list(out.rglob("*.pkl"))
 
 
@@ -117,13 +122,13 @@ def test_a_rebuild_serves_exactly_the_new_bundle(bimodal_bundle, tmp_path: Path)
     out = write_repository(bimodal_bundle, tmp_path / "repo")
     import shutil
 
-    shutil.copytree(out / contract.CALIBRATOR / "1", out / contract.CALIBRATOR / "2")  # a published calibration
+    shutil.copytree(out / graph.CALIBRATOR / "1", out / graph.CALIBRATOR / "2")  # a published calibration
     for legacy in ("text_tokenizer", "tabular_preprocessor"):  # steps of the earlier layout
         (out / legacy / "1").mkdir(parents=True)
-        (out / legacy / "1" / "model.py").write_text(model_py_source(contract.PREPROCESSOR), encoding="utf-8")
+        (out / legacy / "1" / "model.py").write_text(model_py_source(graph.PREPROCESSOR), encoding="utf-8")
     (out / "someone_elses_model" / "1").mkdir(parents=True)
     (out / "someone_elses_model" / "config.pbtxt").write_text('name: "someone_elses_model"', encoding="utf-8")
     write_repository(bimodal_bundle, out)
-    assert sorted(p.name for p in (out / contract.CALIBRATOR).iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (out / graph.CALIBRATOR).iterdir()) == ["1", "config.pbtxt"]
     assert not (out / "text_tokenizer").exists() and not (out / "tabular_preprocessor").exists()
     assert (out / "someone_elses_model" / "config.pbtxt").is_file()

@@ -18,16 +18,24 @@ import triton_python_backend_utils as pb_utils
 
 from ..bundle import Manifest
 from ..errors import InputError
+from ..graph import StepKind
 from ..steps import Step, Tensors
 
 
 class StepModel:
-    """Base ``TritonPythonModel``: subclasses build their step in ``create_step``."""
+    """Base ``TritonPythonModel``: subclasses name their ``kind`` in the step registry
+    (``tce_backends.graph.STEPS``) and may pass it options from the model config."""
 
+    kind: StepKind
     step: Step
 
+    def step_options(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
     def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        raise NotImplementedError
+        step = self.kind.step_type.load(version_dir, manifest, **self.step_options(args))
+        self.logger.log_info(f"{self.name}: {type(step).__name__} loaded")
+        return step
 
     def initialize(self, args: dict[str, Any]) -> None:
         self.model_config = json.loads(args["model_config"])
@@ -38,9 +46,11 @@ class StepModel:
         self.step = self.create_step(self.version_dir, manifest, args)
         self.output_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"])
                               for o in self.model_config["output"]}
-        missing = [n for n in self.step.output_names if n not in self.output_dtypes]
-        if missing:
-            raise pb_utils.TritonModelException(f"{self.name}: config.pbtxt lacks outputs {missing}")
+        declared = ([i["name"] for i in self.model_config["input"]], list(self.output_dtypes))
+        if (list(self.step.input_names), list(self.step.output_names)) != declared:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: the step speaks {list(self.step.input_names)} -> {list(self.step.output_names)}, "
+                f"config.pbtxt declares {declared[0]} -> {declared[1]}; rebuild the repository with 'tce build'")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)

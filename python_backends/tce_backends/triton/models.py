@@ -7,12 +7,10 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from ..bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
-from ..calibration import Calibrator
-from ..steps import CalibratorStep, ModelStep, PreprocessStep, Step, Tensors
-from ..tabular import TabularPreprocessor
-from ..tasks import total_classes
-from ..text import TextPreprocessor
+from ..bundle import Manifest
+from ..contract import CALIBRATION_FALLBACK
+from ..graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS
+from ..steps import CalibratorStep, Step, Tensors
 from .base import StepModel
 
 
@@ -26,32 +24,31 @@ class PreprocessorModel(StepModel):
     tokenizer and tabular preprocessing. Its config runs one request per execution,
     so a request Triton itself fails (malformed BYTES) never shares a batch."""
 
-    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        return PreprocessStep(TextPreprocessor.load(version_dir / TEXT_DIR),
-                              TabularPreprocessor.load(version_dir / TABULAR_DIR))
+    kind = STEP_KINDS[PREPROCESSOR]
 
 
 class MultimodalModel(StepModel):
     """Python-backend host of ``model.pt`` (the embedded server has no libtorch backend)."""
 
-    def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        from ..model_runner import ModelRunner
+    kind = STEP_KINDS[MULTIMODAL_MODEL]
 
+    def step_options(self, args: dict[str, Any]) -> dict[str, Any]:
         device = _parameter(self, "device", "auto")
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        threads = int(_parameter(self, "num_threads", "0")) or None
-        runner = ModelRunner(version_dir / MODEL_FILE, device=device, num_threads=threads)
-        self.logger.log_info(f"{self.name}: model.pt on {runner.device}")
-        return ModelStep(runner, manifest.text_fields, total_classes(manifest.tasks))
+        return {"device": device, "num_threads": int(_parameter(self, "num_threads", "0")) or None}
 
 
 class CalibratorModel(StepModel):
     """Applies the calibration tables; a table that fails to load or apply falls
     back to raw, visibly: response flag, Prometheus counter, one log line."""
 
+    kind = STEP_KINDS[CALIBRATOR]
+
     def create_step(self, version_dir: Path, manifest: Manifest, args: dict[str, Any]) -> Step:
-        calibrator = Calibrator.load(version_dir / CALIBRATION_DIR, manifest.tasks)
+        step = super().create_step(version_dir, manifest, args)
+        assert isinstance(step, CalibratorStep)
+        calibrator = step.calibrator
         self.task_names = [t.name for t in manifest.tasks]
         self.fallback_family = pb_utils.MetricFamily(
             name="tce_calibration_fallback_total",
@@ -72,11 +69,9 @@ class CalibratorModel(StepModel):
                                  f"as calibrated: {reason}")
             self.logged_fallback.add(task)
         self.logger.log_info(f"{self.name}: calibration version {calibrator.version}")
-        return CalibratorStep(calibrator)
+        return step
 
     def after_run(self, outputs: Tensors) -> None:
-        from ..contract import CALIBRATION_FALLBACK
-
         flags = outputs[CALIBRATION_FALLBACK]
         counts = flags.sum(axis=0)
         for index, task in enumerate(self.task_names):
