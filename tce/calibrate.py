@@ -1,15 +1,8 @@
 """``tce calibrate``: fit, apply, report and publish calibration.
 
-Prediction-file columns (CSV/TSV/Parquet):
-
-- one task: ``prob_class_<i>`` (seed 001), labels in ``label``;
-- several tasks: ``<task>_prob_class_<i>``, or for a binary score field the
-  class-1 score in column ``<task>`` (seed 000's multi-task mode); labels in
-  ``label_<task>``. ``--label TASK=COLUMN`` overrides a label column.
-
-``apply`` runs exactly the server's ``Calibrator`` and adds
-``calibrated_prob_class_<i>`` (``<task>_calibrated_prob_class_<i>``) or
-``<field>_calibrated`` columns, keeping every input column.
+Prediction files (CSV/TSV/Parquet) follow ``tce_client.columns``;
+``--label TASK=COLUMN`` overrides a true-label column. ``apply`` runs exactly the
+server's ``Calibrator`` and adds the calibrated columns, keeping every input column.
 """
 from __future__ import annotations
 
@@ -26,10 +19,11 @@ import pandas as pd
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
 from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
 from tce_backends.tasks import TaskSpec
+from tce_client.columns import (VERSION_COLUMN, probability_columns, score_field_calibrated_column,
+                                single_task_class_index, true_label_column)
 
 from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
 
-VERSION_COLUMN = "calibration_version"  # as the served predictions' column (tce_client.results)
 from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
 from .repository import write_step_version
 from .security import http_headers
@@ -53,9 +47,8 @@ class ScoreColumns:
 
     def calibrated_columns(self, single_task: bool) -> list[str]:
         if self.score_field:
-            return [f"{self.columns[0]}_calibrated"]
-        prefix = "" if single_task else f"{self.task.name}_"
-        return [f"{prefix}calibrated_prob_class_{i}" for i in range(self.task.num_classes)]
+            return [score_field_calibrated_column(self.task.name)]
+        return probability_columns(self.task.name, self.task.num_classes, single_task, calibrated=True)
 
 
 def score_columns(tasks: Sequence[TaskSpec], frame: pd.DataFrame, single: bool | None = None) -> list[ScoreColumns]:
@@ -63,20 +56,19 @@ def score_columns(tasks: Sequence[TaskSpec], frame: pd.DataFrame, single: bool |
     found = []
     single = len(tasks) == 1 if single is None else single
     for task in tasks:
-        prefix = "" if single else f"{task.name}_"
-        probability_columns = tuple(f"{prefix}prob_class_{i}" for i in range(task.num_classes))
-        if all(c in frame for c in probability_columns):
-            found.append(ScoreColumns(task, probability_columns, False))
+        raw_columns = tuple(probability_columns(task.name, task.num_classes, single))
+        if all(c in frame for c in raw_columns):
+            found.append(ScoreColumns(task, raw_columns, False))
         elif task.kind == "binary" and task.name in frame:
             found.append(ScoreColumns(task, (task.name,), True))
         else:
-            raise UsageError(f"no scores for task {task.name!r}: expected columns {list(probability_columns)}"
+            raise UsageError(f"no scores for task {task.name!r}: expected columns {list(raw_columns)}"
                              + (f" or a score-field column {task.name!r}" if task.kind == "binary" else ""))
     return found
 
 
 def label_column(task: TaskSpec, tasks: Sequence[TaskSpec], overrides: Mapping[str, str]) -> str:
-    return overrides.get(task.name, "label" if len(tasks) == 1 else f"label_{task.name}")
+    return overrides.get(task.name, true_label_column(task.name, len(tasks) == 1))
 
 
 def _labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
@@ -154,7 +146,7 @@ def _seed_tasks(seed, frame: pd.DataFrame) -> tuple[TaskSpec, ...]:
             raise UsageError(f"calibration_model_{field}.pkl needs a score column {field!r} in the input")
         tasks.append(TaskSpec(field, "binary", ("0", "1")))
     if seed.percentile or seed.binary or seed.per_class:
-        indices = sorted(int(m.group(1)) for c in frame.columns if (m := re.fullmatch(r"prob_class_(\d+)", str(c))))
+        indices = sorted(i for c in frame.columns if (i := single_task_class_index(str(c))) is not None)
         if not indices or indices != list(range(len(indices))):
             raise UsageError("the input needs prob_class_0 .. prob_class_<k-1> columns for this calibration")
         kind = "binary" if len(indices) == 2 else "multiclass"

@@ -45,11 +45,11 @@ def fit_task(task: TaskSpec, probabilities: np.ndarray, labels: np.ndarray, meth
     labels = np.asarray(labels).astype(int)
     if task.kind == "binary":
         table = fit_table(probabilities[:, 1], labels == 1, method, points)
-        return TaskCalibration("percentile" if method == "percentile" else "binary", {1: table})
+        return TaskCalibration.of("percentile" if method == "percentile" else "binary", {1: table})
     if method == "percentile":
         raise UsageError(f"percentile calibration is binary-only (seed 000); task {task.name!r} is multiclass")
     tables = {c: fit_table(probabilities[:, c], labels == c, method, points) for c in range(task.num_classes)}
-    return TaskCalibration("multiclass", tables)
+    return TaskCalibration.of("multiclass", tables)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tce_backends.bundle import TEXT_FIELDS_PER_KIND, Bundle, Manifest
+from tce_backends.bundle import Bundle, Manifest
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
 from tce_backends.errors import BundleError
 from tce_backends.features import FeatureLayout
@@ -131,7 +131,7 @@ class SeedCalibration:
             if field_name not in names:
                 notes.append(f"calibration/calibration_model_{field_name}.pkl names no task ({sorted(names)})")
                 continue
-            calibrations[field_name] = TaskCalibration("binary", {1: table})
+            calibrations[field_name] = TaskCalibration.of("binary", {1: table})
         single = [t for t in tasks if t.name not in self.per_score_field]
         has_single_task_files = self.percentile or self.binary or self.per_class
         if has_single_task_files:
@@ -143,18 +143,18 @@ class SeedCalibration:
             # seed 000's load order: percentile first, then binary, then per class
             if self.percentile is not None:
                 if task.kind == "binary":
-                    calibrations[task.name] = TaskCalibration("percentile", {1: self.percentile})
+                    calibrations[task.name] = TaskCalibration.of("percentile", {1: self.percentile})
                 else:
                     notes.append(f"percentile calibration is binary-only; task {task.name!r} stays raw (seed 000)")
             elif self.binary is not None:
-                calibrations[task.name] = TaskCalibration("binary", {1: self.binary})
+                calibrations[task.name] = TaskCalibration.of("binary", {1: self.binary})
             elif self.per_class:
                 out_of_range = [c for c in self.per_class if c >= task.num_classes]
                 if out_of_range:
                     raise SeedImportError("calibration/calibration_models",
                                           f"tables for classes {out_of_range} but task {task.name!r} has "
                                           f"{task.num_classes} classes")
-                calibrations[task.name] = TaskCalibration("multiclass", dict(self.per_class))
+                calibrations[task.name] = TaskCalibration.of("multiclass", dict(self.per_class))
             skipped = [n for n, v in (("calibration_model.pkl", self.percentile and self.binary),
                                       ("calibration_models/", (self.percentile or self.binary) and self.per_class))
                        if v]
@@ -313,10 +313,10 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
         calibrations, calibration_notes = seed_calibration.for_tasks(tasks)
         notes += calibration_notes
         manifest = Manifest(name=name or str(hyper.get("model_name", source.stem.replace(".tar", ""))),
-                            model_kind=kind,  # type: ignore[arg-type]
+                            model_kind="",
                             text_fields=tuple(f.name for f in fields), features=layout, tasks=tasks,
                             description=f"imported from seed artifacts at {source}")
-        _check_model(root / "model.pt", 2 * TEXT_FIELDS_PER_KIND[kind] + 1)
+        _check_model(root / "model.pt", 2 * len(fields) + 1)
         Bundle.write(destination, manifest, root / "model.pt", text, tabular, Calibrator(tasks, calibrations))
     return ImportReport(destination, notes)
 

@@ -110,7 +110,7 @@ def demo_text_fields(config: TrainingConfig) -> tuple[TextFieldConfig, ...]:
 
 def demo_manifest(config: TrainingConfig) -> Manifest:
     """The demo bundle's manifest, known before training (the configs depend on it alone)."""
-    return Manifest(name=f"demo_{config.model_kind}", model_kind=config.model_kind,
+    return Manifest(name=f"demo_{config.model_kind}", model_kind="",
                     text_fields=tuple(f.name for f in demo_text_fields(config)),
                     features=FeatureLayout.from_lists(demo_data.NUMERIC, demo_data.CATEGORICAL),
                     tasks=demo_tasks(config.task_set),

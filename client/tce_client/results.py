@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import columns as names
+
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -43,11 +45,13 @@ def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
     for prediction in predictions:
         single = len(prediction.tasks) == 1
         for name, result in prediction.tasks.items():
-            prefix = "" if single else f"{name}_"
-            for i in range(len(result.classes)):
-                columns.setdefault(f"{prefix}prob_class_{i}", []).append(float(result.raw[i]))
-                columns.setdefault(f"{prefix}calibrated_prob_class_{i}", []).append(float(result.calibrated[i]))
-            columns.setdefault(f"{name}_label", []).append(result.label)
-            columns.setdefault(f"{name}_calibration_fallback", []).append(result.calibration_fallback)
-        columns.setdefault("calibration_version", []).append(prediction.calibration_version)
+            classes = len(result.classes)
+            for column, value in zip(names.probability_columns(name, classes, single), result.raw):
+                columns.setdefault(column, []).append(float(value))
+            for column, value in zip(names.probability_columns(name, classes, single, calibrated=True),
+                                     result.calibrated):
+                columns.setdefault(column, []).append(float(value))
+            columns.setdefault(names.predicted_label_column(name), []).append(result.label)
+            columns.setdefault(names.fallback_column(name), []).append(result.calibration_fallback)
+        columns.setdefault(names.VERSION_COLUMN, []).append(prediction.calibration_version)
     return pd.DataFrame(columns)

@@ -15,7 +15,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .calibration import Calibrator
 from .errors import BundleError
@@ -29,27 +29,35 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.pt"
 TEXT_DIR, TABULAR_DIR, CALIBRATION_DIR = "text", "tabular", "calibration"
-ModelKind = Literal["bimodal", "trimodal"]
-TEXT_FIELDS_PER_KIND = {"bimodal": 1, "trimodal": 2}
+# The model's kind follows from its text fields (each beside the tabular input).
+MODEL_KINDS = {1: "bimodal", 2: "trimodal"}
+
+
+def model_kind_for(text_fields: int) -> str:
+    return MODEL_KINDS.get(text_fields, f"{text_fields + 1}-modal")
 
 
 @dataclass(frozen=True)
 class Manifest:
+    """``model_kind`` is derived from the text fields; one given (as older manifests
+    and seed files do) must agree with them."""
+
     name: str
-    model_kind: ModelKind
+    model_kind: str
     text_fields: tuple[str, ...]
     features: FeatureLayout
     tasks: tuple[TaskSpec, ...]
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.model_kind not in TEXT_FIELDS_PER_KIND:
-            raise BundleError("manifest", f"model_kind must be one of {list(TEXT_FIELDS_PER_KIND)}, "
-                                          f"got {self.model_kind!r}")
-        expected = TEXT_FIELDS_PER_KIND[self.model_kind]
-        if len(self.text_fields) != expected:
-            raise BundleError("manifest", f"a {self.model_kind} model has {expected} text field(s), "
+        if not self.text_fields:
+            raise BundleError("manifest", "a model needs at least one text field")
+        derived = model_kind_for(len(self.text_fields))
+        if self.model_kind and self.model_kind != derived:
+            expected = {kind: count for count, kind in MODEL_KINDS.items()}.get(self.model_kind)
+            raise BundleError("manifest", f"a {self.model_kind} model has {expected or 'other'} text field(s), "
                                           f"got {list(self.text_fields)}")
+        object.__setattr__(self, "model_kind", derived)
         validate_tasks(self.tasks)
         names = [*self.text_fields, *self.features.names, *(t.name for t in self.tasks)]
         clashes = sorted({n for n in names if names.count(n) > 1} | (set(self.text_fields) & RESERVED_NAMES))
@@ -76,7 +84,7 @@ class Manifest:
                                               f"(expected {FORMAT_VERSION})")
             return cls(
                 name=str(data["name"]),
-                model_kind=data["model_kind"],
+                model_kind=str(data.get("model_kind", "")),
                 text_fields=tuple(data["text_fields"]),
                 features=FeatureLayout.from_dict(data["features"]),
                 tasks=tuple(TaskSpec.from_dict(t) for t in data["tasks"]),

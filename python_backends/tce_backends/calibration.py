@@ -2,7 +2,7 @@
 
 Semantics follow seed 000's ``_interpolate_score`` exactly (clamped at both ends,
 first bracketing segment wins on duplicate x, NaN maps to the last point), but on
-whole arrays. Per task, one of:
+whole arrays. Per task, one registered kind (``CALIBRATION_KINDS``):
 
 - ``none``: raw is returned as calibrated (the seed's no-op mode);
 - ``percentile`` / ``binary``: one table on class 1, class 0 = 1 - p;
@@ -25,17 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from .errors import BundleError
 from .tasks import TaskSpec, task_columns
 
-CalibrationMethod = Literal["none", "percentile", "binary", "multiclass"]
-METHODS: tuple[str, ...] = ("none", "percentile", "binary", "multiclass")
 CALIBRATION_FILE = "calibration.json"
 _PROBABILITY_TOLERANCE = 1e-9
 
@@ -87,48 +86,162 @@ class LookupTable:
         return np.where(np.isnan(raw), y[-1], out)
 
 
-@dataclass(frozen=True)
-class TaskCalibration:
-    method: CalibrationMethod = "none"
-    tables: Mapping[int, LookupTable] = field(default_factory=dict)
+class TaskCalibration(ABC):
+    """One task's calibration kind: owns its check, its apply and its serialisation.
 
+    A new kind (temperature scaling, a parametric fit) is one subclass decorated
+    with ``@calibration_kind``; ``Calibrator`` and ``calibration.json`` need nothing
+    else. ``TaskCalibration.of(method, tables)`` builds a registered kind by name.
+    """
+
+    method: ClassVar[str]
+    tables: Mapping[int, LookupTable] = {}
+
+    @staticmethod
+    def of(method: str = "none", tables: Mapping[int, LookupTable] | None = None) -> "TaskCalibration":
+        if method not in CALIBRATION_KINDS:
+            raise ValueError(f"unknown calibration method {method!r}; known: {list(CALIBRATION_KINDS)}")
+        return CALIBRATION_KINDS[method].from_tables(dict(tables or {}))
+
+    @classmethod
+    @abstractmethod
+    def from_tables(cls, tables: dict[int, LookupTable]) -> "TaskCalibration": ...
+
+    @abstractmethod
     def check(self, task: TaskSpec) -> None:
         """Raise ValueError if this calibration cannot serve ``task``."""
-        if self.method not in METHODS:
-            raise ValueError(f"unknown calibration method {self.method!r}; known: {list(METHODS)}")
+
+    @abstractmethod
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """raw float [B, classes] -> calibrated float64 [B, classes] (NaN rows fall back)."""
+
+    def fingerprint(self, digest: Any) -> None:
+        """Feed what determines this calibration's output into ``digest``."""
+        for column in sorted(self.tables):
+            digest.update(self.tables[column].points().tobytes())
+
+    def save(self, directory: Path, task: str) -> dict[str, Any]:
+        """Write this calibration's files into ``directory``; returns its calibration.json entry."""
+        tables = {}
+        for column, table in sorted(self.tables.items()):
+            filename = f"{task}_class_{column}.npy"
+            np.save(directory / filename, table.points(), allow_pickle=False)
+            tables[str(column)] = filename
+        return {"method": self.method, "tables": tables}
+
+    @staticmethod
+    def load(entry: Mapping[str, Any], directory: Path) -> "TaskCalibration":
+        """The calibration a calibration.json entry describes, read by its registered kind."""
+        method = entry["method"]
+        if method not in CALIBRATION_KINDS:
+            raise ValueError(f"unknown calibration method {method!r}; known: {list(CALIBRATION_KINDS)}")
+        return CALIBRATION_KINDS[method].from_entry(entry, directory)
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any], directory: Path) -> "TaskCalibration":
+        """Inverse of ``save``; by default its lookup tables (.npy, never pickle)."""
+        tables = {int(column): LookupTable.from_points(np.load(directory / filename, allow_pickle=False))
+                  for column, filename in entry.get("tables", {}).items()}
+        return cls.from_tables(tables)
+
+    def _check_range(self) -> None:
         for column, table in sorted(self.tables.items()):
             low, high = float(table.y.min()), float(table.y.max())
             if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE:
                 raise ValueError(f"the table for class {column} maps to [{low:g}, {high:g}], outside [0, 1]")
-        if self.method == "none":
-            if self.tables:
-                raise ValueError("method 'none' takes no tables")
-            return
-        if self.method in ("percentile", "binary"):
-            if task.kind != "binary":
-                raise ValueError(f"{self.method} calibration needs a binary task, {task.name!r} is {task.kind}")
-            if set(self.tables) != {1}:
-                raise ValueError(f"{self.method} calibration needs exactly one table, on class 1")
-            return
+
+
+CALIBRATION_KINDS: dict[str, type[TaskCalibration]] = {}
+K = TypeVar("K", bound=type[TaskCalibration])
+
+
+def calibration_kind(kind: K) -> K:
+    """Register a calibration kind under its ``method`` name."""
+    CALIBRATION_KINDS[kind.method] = kind
+    return kind
+
+
+@calibration_kind
+@dataclass(frozen=True)
+class NoCalibration(TaskCalibration):
+    """Raw is returned as calibrated (the seed's no-op mode)."""
+
+    method: ClassVar[str] = "none"
+
+    @classmethod
+    def from_tables(cls, tables: dict[int, LookupTable]) -> "NoCalibration":
+        if tables:
+            raise ValueError("method 'none' takes no tables")
+        return cls()
+
+    def check(self, task: TaskSpec) -> None:
+        pass
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64).copy()
+
+
+@calibration_kind
+@dataclass(frozen=True)
+class BinaryTable(TaskCalibration):
+    """One table on class 1 of a binary task; class 0 = 1 - p."""
+
+    method: ClassVar[str] = "binary"
+    tables: Mapping[int, LookupTable] = field(default_factory=dict)
+
+    @classmethod
+    def from_tables(cls, tables: dict[int, LookupTable]) -> "BinaryTable":
+        return cls(tables)
+
+    def check(self, task: TaskSpec) -> None:
+        self._check_range()
+        if task.kind != "binary":
+            raise ValueError(f"{self.method} calibration needs a binary task, {task.name!r} is {task.kind}")
+        if set(self.tables) != {1}:
+            raise ValueError(f"{self.method} calibration needs exactly one table, on class 1")
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        positive = self.tables[1](np.asarray(raw, dtype=np.float64)[:, 1])
+        return np.stack([1.0 - positive, positive], axis=1)
+
+
+@calibration_kind
+@dataclass(frozen=True)
+class PercentileTable(BinaryTable):
+    """Seed 000's percentile mode: applied like ``binary``, kept apart in reports."""
+
+    method: ClassVar[str] = "percentile"
+
+
+@calibration_kind
+@dataclass(frozen=True)
+class PerClassTables(TaskCalibration):
+    """One table per class (classes without one keep raw), then rows renormalised to sum to 1."""
+
+    method: ClassVar[str] = "multiclass"
+    tables: Mapping[int, LookupTable] = field(default_factory=dict)
+
+    @classmethod
+    def from_tables(cls, tables: dict[int, LookupTable]) -> "PerClassTables":
+        return cls(tables)
+
+    def check(self, task: TaskSpec) -> None:
+        self._check_range()
         bad = [c for c in self.tables if not 0 <= c < task.num_classes]
         if bad or not self.tables:
             raise ValueError(f"multiclass calibration needs tables for classes in [0, {task.num_classes}), got "
                              f"{sorted(self.tables)}")
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """raw float [B, classes] -> calibrated float64 [B, classes]."""
-        raw = np.asarray(raw, dtype=np.float64)
-        if self.method == "none":
-            return raw.copy()
-        if self.method in ("percentile", "binary"):
-            positive = self.tables[1](raw[:, 1])
-            return np.stack([1.0 - positive, positive], axis=1)
-        calibrated = raw.copy()
+        calibrated = np.asarray(raw, dtype=np.float64).copy()
         for column, table in self.tables.items():
-            calibrated[:, column] = table(raw[:, column])
+            calibrated[:, column] = table(calibrated[:, column])
         totals = calibrated.sum(axis=1, keepdims=True)
         usable = np.isfinite(totals) & (totals > 0)
         return np.where(usable, calibrated / np.where(usable, totals, 1.0), np.nan)
+
+
+METHODS: tuple[str, ...] = tuple(CALIBRATION_KINDS)
 
 
 @dataclass(frozen=True)
@@ -151,7 +264,7 @@ class Calibrator:
         self.fallback_reasons = dict(fallback_reasons or {})
         self.calibrations: dict[str, TaskCalibration] = {}
         for task in self.tasks:
-            calibration = calibrations.get(task.name, TaskCalibration())
+            calibration = calibrations.get(task.name, NoCalibration())
             try:
                 calibration.check(task)
             except ValueError as exc:
@@ -167,8 +280,7 @@ class Calibrator:
         for task in self.tasks:
             calibration = self.calibrations[task.name]
             digest.update(f"{task.name}:{calibration.method}".encode())
-            for column in sorted(calibration.tables):
-                digest.update(calibration.tables[column].points().tobytes())
+            calibration.fingerprint(digest)
         return digest.hexdigest()[:12]
 
     def apply(self, probabilities: np.ndarray) -> CalibratedBatch:
@@ -196,15 +308,7 @@ class Calibrator:
     # -- persistence -----------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for task in self.tasks:
-            calibration = self.calibrations[task.name]
-            tables = {}
-            for column, table in sorted(calibration.tables.items()):
-                filename = f"{task.name}_class_{column}.npy"
-                np.save(directory / filename, table.points(), allow_pickle=False)
-                tables[str(column)] = filename
-            entries[task.name] = {"method": calibration.method, "tables": tables}
+        entries = {task.name: self.calibrations[task.name].save(directory, task.name) for task in self.tasks}
         payload = {"label": self.label, "tasks": entries}
         (directory / CALIBRATION_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
 
@@ -236,11 +340,7 @@ class Calibrator:
             try:
                 if name not in known:
                     raise ValueError(f"no task named {name!r}")
-                tables = {}
-                for column, filename in entry.get("tables", {}).items():
-                    points = np.load(directory / filename, allow_pickle=False)
-                    tables[int(column)] = LookupTable.from_points(points)
-                calibration = TaskCalibration(entry["method"], tables)
+                calibration = TaskCalibration.load(entry, directory)
                 calibration.check(known[name])
                 calibrations[name] = calibration
             except Exception as exc:  # noqa: BLE001 - a broken table must not take the server down

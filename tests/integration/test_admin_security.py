@@ -113,7 +113,7 @@ def _bundle_with(tmp_path: Path, source: Bundle, calibrations: dict, name: str) 
 
 def test_publish_with_the_key_loads_a_new_version(explicit_server, bimodal_bundle, tmp_path):
     identity = LookupTable.from_points([(0.0, 0.0), (1.0, 1.0)])
-    recalibrated = _bundle_with(tmp_path, bimodal_bundle, {"abuse": TaskCalibration("binary", {1: identity})}, "new")
+    recalibrated = _bundle_with(tmp_path, bimodal_bundle, {"abuse": TaskCalibration.of("binary", {1: identity})}, "new")
     repository = explicit_server.config.model_repository
     with pytest.raises(ValueError, match="refused the admin key"):
         publish(recalibrated, repository, url=explicit_server.config.http_url, admin_key=None)

@@ -38,14 +38,14 @@ def test_binary_and_percentile_match_seed():
     scores = np.random.default_rng(1).dirichlet([1, 1], size=100)
     for method, reference in (("binary", seed.apply_regular_binary_calibration),
                               ("percentile", seed.apply_percentile_calibration)):
-        ours = TaskCalibration(method, {1: LookupTable.from_points(TABLE)}).apply(scores)
+        ours = TaskCalibration.of(method, {1: LookupTable.from_points(TABLE)}).apply(scores)
         np.testing.assert_allclose(ours, reference(scores, TABLE), atol=1e-12)
 
 
 def test_multiclass_matches_seed_with_renormalisation_and_missing_class_table():
     scores = np.random.default_rng(2).dirichlet([1, 1, 1], size=100)
     tables = {"0": TABLE, "2": [(0.0, 0.2), (1.0, 0.4)]}
-    ours = TaskCalibration("multiclass", {int(k): LookupTable.from_points(v) for k, v in tables.items()}).apply(scores)
+    ours = TaskCalibration.of("multiclass", {int(k): LookupTable.from_points(v) for k, v in tables.items()}).apply(scores)
     np.testing.assert_allclose(ours, seed.apply_regular_multiclass_calibration(scores, tables), atol=1e-12)
     np.testing.assert_allclose(ours.sum(axis=1), 1.0)
 
@@ -62,11 +62,11 @@ def test_task_without_calibration_passes_raw_through():
 
 def test_calibration_kind_must_fit_the_task():
     with pytest.raises(BundleError, match="binary task"):
-        Calibrator([MULTI], {"reason": TaskCalibration("binary", {1: LookupTable.from_points(TABLE)})})
+        Calibrator([MULTI], {"reason": TaskCalibration.of("binary", {1: LookupTable.from_points(TABLE)})})
     with pytest.raises(BundleError, match="classes in"):
-        Calibrator([MULTI], {"reason": TaskCalibration("multiclass", {5: LookupTable.from_points(TABLE)})})
+        Calibrator([MULTI], {"reason": TaskCalibration.of("multiclass", {5: LookupTable.from_points(TABLE)})})
     with pytest.raises(BundleError, match="unknown tasks"):
-        Calibrator([BINARY], {"nope": TaskCalibration()})
+        Calibrator([BINARY], {"nope": TaskCalibration.of("none")})
 
 
 def test_unsorted_or_non_finite_tables_are_rejected():
@@ -78,8 +78,8 @@ def test_unsorted_or_non_finite_tables_are_rejected():
 
 def _saved(tmp_path):
     calibrator = Calibrator([BINARY, MULTI], {
-        "abuse": TaskCalibration("binary", {1: LookupTable.from_points(TABLE)}),
-        "reason": TaskCalibration("multiclass", {0: LookupTable.from_points(TABLE)})})
+        "abuse": TaskCalibration.of("binary", {1: LookupTable.from_points(TABLE)}),
+        "reason": TaskCalibration.of("multiclass", {0: LookupTable.from_points(TABLE)})})
     calibrator.save(tmp_path)
     return calibrator
 
@@ -128,7 +128,7 @@ def test_version_is_the_fingerprint_of_the_tables_actually_loaded(tmp_path):
 def test_tables_leaving_the_unit_interval_are_refused_or_fall_back(tmp_path, y):
     bad = LookupTable.from_points([(0.0, y[0]), (1.0, y[1])])
     with pytest.raises(BundleError, match=r"calibration/abuse.*outside \[0, 1\]"):
-        Calibrator([BINARY], {"abuse": TaskCalibration("binary", {1: bad})})
+        Calibrator([BINARY], {"abuse": TaskCalibration.of("binary", {1: bad})})
     _saved(tmp_path)
     np.save(tmp_path / "abuse_class_1.npy", bad.points(), allow_pickle=False)
     loaded = Calibrator.load(tmp_path, [BINARY, MULTI])
@@ -143,7 +143,7 @@ def test_pickled_table_is_refused(tmp_path):
 
 
 def test_rows_that_cannot_be_calibrated_fall_back_alone():
-    calibrator = Calibrator([MULTI], {"reason": TaskCalibration("multiclass", {
+    calibrator = Calibrator([MULTI], {"reason": TaskCalibration.of("multiclass", {
         c: LookupTable.from_points([(0.0, 0.0), (1.0, 0.0)]) for c in range(3)})})
     out = calibrator.apply(np.array([[0.2, 0.3, 0.5]], dtype=np.float32))  # every class maps to 0: sum 0
     assert out.fallback.tolist() == [[True]]
@@ -154,3 +154,53 @@ def test_no_calibration_directory_means_no_calibration(tmp_path):
     loaded = Calibrator.load(tmp_path / "absent", [BINARY])
     assert loaded.calibrations["abuse"].method == "none" and not loaded.fallback_reasons
     json.dumps(loaded.version)
+
+
+def test_a_new_calibration_kind_is_one_class(tmp_path):
+    """Temperature scaling, registered in the test: Calibrator, calibration.json and the
+    fingerprint take it with no other change."""
+    from dataclasses import dataclass
+    from typing import Any, ClassVar
+
+    from tce_backends.calibration import CALIBRATION_KINDS, calibration_kind
+
+    @calibration_kind
+    @dataclass(frozen=True)
+    class Temperature(TaskCalibration):
+        method: ClassVar[str] = "temperature_test"
+        temperature: float = 2.0
+
+        @classmethod
+        def from_tables(cls, tables):
+            return cls()
+
+        def check(self, task) -> None:
+            if self.temperature <= 0:
+                raise ValueError("temperature must be > 0")
+
+        def apply(self, raw: np.ndarray) -> np.ndarray:
+            logits = np.log(np.clip(np.asarray(raw, dtype=np.float64), 1e-12, 1.0)) / self.temperature
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return exp / exp.sum(axis=1, keepdims=True)
+
+        def fingerprint(self, digest: Any) -> None:
+            digest.update(repr(self.temperature).encode())
+
+        def save(self, directory, task: str) -> dict:
+            return {"method": self.method, "temperature": self.temperature}
+
+        @classmethod
+        def from_entry(cls, entry, directory) -> "Temperature":
+            return cls(float(entry["temperature"]))
+
+    try:
+        calibrator = Calibrator([MULTI], {"reason": Temperature(3.0)})
+        calibrator.save(tmp_path)
+        loaded = Calibrator.load(tmp_path, [MULTI], strict=True)
+        assert isinstance(loaded.calibrations["reason"], Temperature)
+        assert loaded.version == calibrator.version != Calibrator([MULTI], {"reason": Temperature(2.0)}).version
+        scores = np.array([[0.7, 0.1, 0.1, 0.1]])
+        calibrated = loaded.apply(scores).calibrated["reason"]
+        assert calibrated[0, 0] < 0.7 and np.isclose(calibrated.sum(), 1.0)  # softened, still a distribution
+    finally:
+        CALIBRATION_KINDS.pop("temperature_test", None)

@@ -1,0 +1,46 @@
+"""Prediction-file column names (seed 001), in one place: the client's frame output
+and ``tce calibrate`` (fit, apply, report) both read and write files by these rules.
+
+- one task: ``prob_class_<i>`` and ``calibrated_prob_class_<i>``; its true labels in ``label``;
+- several tasks: the same prefixed by ``<task>_``; true labels in ``label_<task>``;
+- a binary score field (seed 000's multi-task mode) may instead carry its class-1
+  score in column ``<task>``, calibrated in ``<task>_calibrated``;
+- per task the predicted ``<task>_label`` and ``<task>_calibration_fallback``, and
+  one ``calibration_version`` column.
+"""
+from __future__ import annotations
+
+import re
+
+VERSION_COLUMN = "calibration_version"
+
+
+def _prefix(task: str, single_task: bool) -> str:
+    return "" if single_task else f"{task}_"
+
+
+def probability_columns(task: str, num_classes: int, single_task: bool, calibrated: bool = False) -> list[str]:
+    kind = "calibrated_prob_class" if calibrated else "prob_class"
+    return [f"{_prefix(task, single_task)}{kind}_{i}" for i in range(num_classes)]
+
+
+def score_field_calibrated_column(task: str) -> str:
+    return f"{task}_calibrated"
+
+
+def predicted_label_column(task: str) -> str:
+    return f"{task}_label"
+
+
+def fallback_column(task: str) -> str:
+    return f"{task}_calibration_fallback"
+
+
+def true_label_column(task: str, single_task: bool) -> str:
+    return "label" if single_task else f"label_{task}"
+
+
+def single_task_class_index(column: str) -> int | None:
+    """``i`` of a one-task ``prob_class_<i>`` column, else None."""
+    match = re.fullmatch(r"prob_class_(\d+)", column)
+    return int(match.group(1)) if match else None
