@@ -37,7 +37,7 @@ $(BUNDLE)/manifest.json: $(STAMP)
 
 build: $(MODEL)
 # Rebuilt when the builder changes too: a repository of an earlier layout must not linger.
-$(MODEL): $(BUNDLE)/manifest.json tce/repository.py $(wildcard python_backends/tce_backends/*.py)
+$(MODEL): $(BUNDLE)/manifest.json tce/build/repository.py $(wildcard python_backends/tce_backends/*.py)
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
 demo: build

@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from tce.demo_data import make_dataset
-from tce.repository import schema_for
+from tce.build.demo_data import make_dataset
+from tce.build.repository import schema_for
 from tce_backends.bundle import Bundle
 from tce_backends.calibration import LookupTable
 from tce_backends.steps import TabularStep, TokenizerStep

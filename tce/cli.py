@@ -1,19 +1,48 @@
-"""``tce``: build, serve and call the calibrated multimodal ensemble."""
+"""``tce``: build, serve and call the calibrated multimodal ensemble.
+
+One ``add_<command>`` per command: it declares the command's options (each with its
+help and default shown) and the function that runs it. Heavy imports stay inside
+the run functions, so ``tce --help`` is instant.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
 from tce_backends.errors import TceError, UsageError
 from tce_client import DEFAULT_MODEL
 
 DEFAULT_BUNDLE = Path("artifacts/demo_bundle")
 DEFAULT_REPOSITORY = Path("model_repository")
+PROTOCOLS = ("http", "grpc")
 
+Commands = Any  # argparse's _SubParsersAction
+
+
+def _command(commands: Commands, name: str, help: str, run: Callable[[argparse.Namespace], int]
+             ) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _label_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        task, sep, column = pair.partition("=")
+        if not sep or not task or not column:
+            raise UsageError(f"--label takes TASK=COLUMN, got {pair!r}")
+        overrides[task] = column
+    return overrides
+
+
+# -- build ----------------------------------------------------------------------
 
 def _demo_bundle(args: argparse.Namespace) -> int:
-    from .training import TrainingConfig, build_demo_bundle
+    from tce.build.training import TrainingConfig, build_demo_bundle
 
     config = TrainingConfig(model_kind=args.kind, encoder=args.encoder, rows=args.rows, seed=args.seed,
                             epochs=args.epochs, calibration_method=args.calibration)
@@ -23,10 +52,25 @@ def _demo_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo_bundle(commands: Commands) -> None:
+    p = _command(commands, "demo-bundle", "train the demo model on synthetic data and write its bundle",
+                 _demo_bundle)
+    p.add_argument("--out", type=Path, default=DEFAULT_BUNDLE, help="bundle directory to write")
+    p.add_argument("--kind", choices=("bimodal", "trimodal"), default="bimodal",
+                   help="dialogue only, or dialogue and events text fields (beside the tabular features)")
+    p.add_argument("--encoder", choices=("minilm", "tiny"), default="minilm",
+                   help="the packaged MiniLM, or a tiny random BERT for tests")
+    p.add_argument("--rows", type=int, default=3000, help="synthetic records to train, calibrate and test on")
+    p.add_argument("--seed", type=int, default=7, help="random seed (builds are deterministic)")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs of the heads")
+    p.add_argument("--calibration", choices=("isotonic", "sigmoid", "percentile"), default="isotonic",
+                   help="how the lookup tables are fitted")
+
+
 def _build(args: argparse.Namespace) -> int:
     from tce_backends.bundle import Bundle
 
-    from .repository import RepositoryOptions, write_repository
+    from tce.build.repository import RepositoryOptions, write_repository
 
     bundle = Bundle.load(args.bundle)
     options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size,
@@ -37,12 +81,43 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_build(commands: Commands) -> None:
+    p = _command(commands, "build", "turn a bundle into a Triton model repository", _build)
+    p.add_argument("bundle", type=Path, help="bundle directory (tce demo-bundle, tce import-seed)")
+    p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write")
+    p.add_argument("--ensemble-name", default=DEFAULT_MODEL, help="name clients call the ensemble by")
+    p.add_argument("--max-batch-size", type=int, default=64, help="rows per request and per batch, every step")
+    p.add_argument("--model-instances", type=int, default=1, help="instances of the model step")
+
+
+def _import_seed(args: argparse.Namespace) -> int:
+    from tce.seed.importer import ExtractionLimits, import_seed
+
+    report = import_seed(args.source, args.destination, name=args.name,
+                         limits=ExtractionLimits(max_bytes=args.max_seed_mib << 20))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"bundle written to {report.bundle}")
+    return 0
+
+
+def add_import_seed(commands: Commands) -> None:
+    p = _command(commands, "import-seed", "turn seed artifacts (directory or model.tar.gz) into a bundle",
+                 _import_seed)
+    p.add_argument("source", type=Path, help="seed artifact directory or model.tar.gz")
+    p.add_argument("destination", type=Path, help="bundle directory to write")
+    p.add_argument("--name", default=None, help="bundle name (if not given: the seed's model_name or file name)")
+    p.add_argument("--max-seed-mib", type=int, default=8192, help="largest size an archive may unpack to, in MiB")
+
+
+# -- serving --------------------------------------------------------------------
+
 def _serve(args: argparse.Namespace) -> int:
     import ipaddress
 
-    from .gateway import Gateway, find_nginx
-    from .security import read_admin_key
-    from .server import ServerConfig, ServerError, Watchdog, free_ports, serve_forever
+    from tce.serving.gateway import Gateway, find_nginx
+    from tce.serving.security import read_admin_key
+    from tce.serving.server import ServerConfig, ServerError, Watchdog, free_ports, serve_forever
 
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
@@ -71,35 +146,69 @@ def _serve(args: argparse.Namespace) -> int:
                          gateway=gateway)
 
 
+def add_serve(commands: Commands) -> None:
+    p = _command(commands, "serve", "run the embedded Triton server in the foreground", _serve)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --gateway")
+    p.add_argument("--gateway", action="store_true",
+                   help="serve through the nginx gateway that checks requests (needs nginx with njs); Triton "
+                        "then listens on 127.0.0.1 only")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
+                   help="explicit: models are loaded and unloaded through the (admin-key) repository API")
+    p.add_argument("--load-model", action="append", default=[],
+                   help="with explicit control, a model to load at start; '*' loads all")
+    p.add_argument("--model-config-name", default="", help="alternative config name, e.g. libtorch")
+    p.add_argument("--log", type=Path, default=None, help="server log file (if not given: a temporary file)")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="file holding the admin key for model control, shared memory, logging and trace "
+                        "(if not given: $TCE_ADMIN_KEY_FILE, $TCE_ADMIN_KEY, else a new random key per run)")
+    p.add_argument("--watch-interval", type=float, default=5.0,
+                   help="seconds between canary inferences that restart a broken server; 0 turns the watchdog off")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="restarts allowed within 10 minutes before tce serve gives up with exit code 3")
+
+
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from tce.serving.demo import run_demo
 
     return run_demo(args.repository)
 
 
-def _import_seed(args: argparse.Namespace) -> int:
-    from .seed_import import ExtractionLimits, import_seed
-
-    report = import_seed(args.source, args.destination, name=args.name,
-                         limits=ExtractionLimits(max_bytes=args.max_seed_mib << 20))
-    for note in report.notes:
-        print(f"note: {note}")
-    print(f"bundle written to {report.bundle}")
-    return 0
+def add_demo(commands: Commands) -> None:
+    p = _command(commands, "demo", "serve a built repository, score sample records, stop", _demo)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to serve")
 
 
-def _label_overrides(pairs: Sequence[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        task, sep, column = pair.partition("=")
-        if not sep or not task or not column:
-            raise UsageError(f"--label takes TASK=COLUMN, got {pair!r}")
-        overrides[task] = column
-    return overrides
+def _loadtest(args: argparse.Namespace) -> int:
+    from tce.serving.loadtest import LoadTestConfig, run
 
+    config = LoadTestConfig(users=args.users, spawn_rate=args.spawn_rate, duration=args.duration,
+                            slo_file=args.slo_file, reports=args.reports, protocols=tuple(args.protocol or PROTOCOLS))
+    code = run(config, repository=args.repository, http_url=args.http_url, grpc_url=args.grpc_url)
+    print(f"reports: {config.reports}/loadtest.html, loadtest_stats.csv, slo_verdict.json")
+    return code
+
+
+def add_loadtest(commands: Commands) -> None:
+    p = _command(commands, "loadtest", "locust load test with latency SLOs (exit 1 on a miss)", _loadtest)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="served on the embedded server")
+    p.add_argument("--http-url", default=None, help="test a running server instead (with --grpc-url)")
+    p.add_argument("--grpc-url", default=None, help="gRPC host:port of the running server")
+    p.add_argument("--users", type=int, default=4, help="concurrent locust users per protocol")
+    p.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second")
+    p.add_argument("--duration", default="30s", help="run time, e.g. 30s, 2m")
+    p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="protocol to test (if not given: both)")
+    p.add_argument("--slo-file", type=Path, default=Path("load_tests/slo.yaml"), help="latency SLOs to check")
+    p.add_argument("--reports", type=Path, default=Path("load_tests/reports"), help="where reports are written")
+
+
+# -- calibration ----------------------------------------------------------------
 
 def _calibrate_fit(args: argparse.Namespace) -> int:
-    from .calibrate import fit
+    from tce.calibration.calibrate import fit
 
     calibrator = fit(args.bundle, args.predictions, method=args.method, points=args.points, tasks=args.task,
                      labels=_label_overrides(args.label), label=args.version)
@@ -109,7 +218,7 @@ def _calibrate_fit(args: argparse.Namespace) -> int:
 
 
 def _calibrate_apply(args: argparse.Namespace) -> int:
-    from .calibrate import apply
+    from tce.calibration.calibrate import apply
 
     frame, notes = apply(args.calibration, args.input, args.output)
     for note in notes:
@@ -119,7 +228,7 @@ def _calibrate_apply(args: argparse.Namespace) -> int:
 
 
 def _calibrate_report(args: argparse.Namespace) -> int:
-    from .calibrate import format_report, report
+    from tce.calibration.calibrate import format_report, report
 
     results = report(args.calibration, args.input, args.out, labels=_label_overrides(args.label), bins=args.bins)
     print(format_report(results))
@@ -128,8 +237,8 @@ def _calibrate_report(args: argparse.Namespace) -> int:
 
 
 def _calibrate_publish(args: argparse.Namespace) -> int:
-    from .calibrate import publish
-    from .security import read_admin_key
+    from tce.calibration.calibrate import publish
+    from tce.serving.security import read_admin_key
 
     admin_key = read_admin_key(args.admin_key_file, required=bool(args.url)) if args.url else None
     version = publish(args.bundle, args.repository, url=args.url, admin_key=admin_key)
@@ -138,204 +247,95 @@ def _calibrate_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    import warnings
-
-    import pandas as pd
-
-    from tce_client import (CalibratedClassifierClient, UnusedColumnsWarning, predictions_to_frame, to_seed_csv,
-                            to_seed_json)
-
-    from .tables import read_frame, write_frame
-
-    frame = read_frame(args.input)
-    if args.id_field and args.id_field not in frame:
-        raise UsageError(f"--id-field {args.id_field!r} is not a column of {args.input}")
-    with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
-        if args.format != "table":  # checked before scoring anything
-            tasks = [t.name for t in client.schema.tasks]
-            if args.task is None and len(tasks) > 1:
-                raise UsageError(f"--format {args.format} formats one task: add --task (one of {', '.join(tasks)})")
-            if args.task is not None and args.task not in tasks:
-                raise UsageError(f"--task {args.task!r} is not served; tasks: {', '.join(tasks)}")
-        with warnings.catch_warnings(record=True) as unused:
-            warnings.simplefilter("always", UnusedColumnsWarning)
-            predictions = client.predict(frame.drop(columns=[args.id_field]) if args.id_field else frame,
-                                         allow_missing_fields=args.allow_missing_columns)
-        for warning in unused:
-            print(f"note: {warning.message}")
-    if args.format == "table":
-        keep = frame[[args.id_field]] if args.id_field and args.id_field in frame else frame
-        write_frame(pd.concat([keep.reset_index(drop=True), predictions_to_frame(predictions)], axis=1), args.output)
-    else:
-        text = (to_seed_json if args.format == "seed-json" else to_seed_csv)(predictions, args.task)
-        args.output.write_text(text, encoding="utf-8")
-    print(f"{len(predictions)} predictions written to {args.output}")
-    return 0
-
-
-def _schema(args: argparse.Namespace) -> int:
-    from tce_client import CalibratedClassifierClient
-    from tce_client.schema import CATEGORICAL_INPUT, NUMERIC_INPUT
-
-    with CalibratedClassifierClient(args.url, protocol=args.protocol, model=args.model) as client:
-        schema, batch = client.schema, client.max_batch_size
-    if args.json:
-        print(schema.to_json())
-        return 0
-    print(f"ensemble '{args.model}' at {client.url} ({args.protocol}), up to {batch} records per request")
-    print("inputs (one row per record):")
-    for field in schema.text_fields:
-        print(f"  {field:<22} BYTES [1]    raw UTF-8 text (\"\" = empty)")
-    if schema.numeric_features:
-        print(f"  {NUMERIC_INPUT:<22} FP64  [{len(schema.numeric_features)}]    "
-              f"{', '.join(schema.numeric_features)} (NaN = missing)")
-    if schema.categorical_features:
-        print(f"  {CATEGORICAL_INPUT:<22} BYTES [{len(schema.categorical_features)}]    "
-              f"{', '.join(schema.categorical_features)} (\"\" = missing)")
-    print(f"feature order of the model: {', '.join(schema.feature_order)}")
-    print("tasks:")
-    for task in schema.tasks:
-        print(f"  {task.name:<22} {task.kind:<11} classes: {', '.join(task.classes)}")
-    outputs = [f"{t.name}_{kind}" for t in schema.tasks for kind in ("raw", "calibrated", "label")]
-    print(f"outputs: {', '.join(outputs)}, calibration_version, calibration_fallback")
-    return 0
-
-
-def _loadtest(args: argparse.Namespace) -> int:
-    from .loadtest import LoadTestConfig, run
-
-    config = LoadTestConfig(users=args.users, spawn_rate=args.spawn_rate, duration=args.duration,
-                            slo_file=args.slo_file, reports=args.reports, protocols=tuple(args.protocol or
-                                                                                          ("http", "grpc")))
-    code = run(config, repository=args.repository, http_url=args.http_url, grpc_url=args.grpc_url)
-    print(f"reports: {config.reports}/loadtest.html, loadtest_stats.csv, slo_verdict.json")
-    return code
-
-
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="tce", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
-
-    p = commands.add_parser("demo-bundle", help="train the demo model on synthetic data and write its bundle")
-    p.add_argument("--out", type=Path, default=DEFAULT_BUNDLE)
-    p.add_argument("--kind", choices=("bimodal", "trimodal"), default="bimodal")
-    p.add_argument("--encoder", choices=("minilm", "tiny"), default="minilm")
-    p.add_argument("--rows", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--calibration", choices=("isotonic", "sigmoid", "percentile"), default="isotonic")
-    p.set_defaults(run=_demo_bundle)
-
-    p = commands.add_parser("build", help="turn a bundle into a Triton model repository")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY)
-    p.add_argument("--ensemble-name", default=DEFAULT_MODEL)
-    p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--model-instances", type=int, default=1)
-    p.set_defaults(run=_build)
-
-    p = commands.add_parser("serve", help="run the embedded Triton server in the foreground")
-    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; anything but loopback needs --gateway (default: %(default)s)")
-    p.add_argument("--gateway", action="store_true",
-                   help="serve through the nginx gateway that checks requests (needs nginx with njs); Triton "
-                        "then listens on 127.0.0.1 only")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
-    p.add_argument("--load-model", action="append", default=[], help="with explicit control; '*' loads all")
-    p.add_argument("--model-config-name", default="")
-    p.add_argument("--log", type=Path, default=None, help="server log file (default: a temporary file)")
-    p.add_argument("--admin-key-file", type=Path, default=None,
-                   help="file holding the admin key for model control, shared memory, logging and trace "
-                        "(default: $TCE_ADMIN_KEY_FILE, $TCE_ADMIN_KEY, else a new random key per run)")
-    p.add_argument("--watch-interval", type=float, default=5.0,
-                   help="seconds between canary inferences that restart a broken server; 0 turns the "
-                        "watchdog off (default: %(default)s)")
-    p.add_argument("--max-restarts", type=int, default=3,
-                   help="restarts allowed within 10 minutes before tce serve gives up with exit code 3 "
-                        "(default: %(default)s)")
-    p.set_defaults(run=_serve)
-
-    p = commands.add_parser("import-seed", help="turn seed artifacts (directory or model.tar.gz) into a bundle")
-    p.add_argument("source", type=Path)
-    p.add_argument("destination", type=Path)
-    p.add_argument("--name", default=None, help="bundle name (default: the seed's model_name or file name)")
-    p.add_argument("--max-seed-mib", type=int, default=8192,
-                   help="largest size an archive may unpack to, in MiB (default: %(default)s)")
-    p.set_defaults(run=_import_seed)
-
+def add_calibrate(commands: Commands) -> None:
     calibrate = commands.add_parser("calibrate", help="fit, apply, report or publish calibration")
     actions = calibrate.add_subparsers(dest="action", required=True)
-    p = actions.add_parser("fit", help="fit lookup tables from a labelled predictions file into a bundle")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--predictions", type=Path, required=True, help="CSV, TSV or Parquet")
-    p.add_argument("--method", choices=("isotonic", "sigmoid", "percentile"), default="isotonic")
-    p.add_argument("--points", type=int, default=1000)
+    label_help = "true-label column of a task (if not given: label, or label_<task> with several tasks)"
+    p = _command(actions, "fit", "fit lookup tables from a labelled predictions file into a bundle", _calibrate_fit)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle whose calibration/ is replaced")
+    p.add_argument("--predictions", type=Path, required=True, help="labelled predictions: CSV, TSV or Parquet")
+    p.add_argument("--method", choices=("isotonic", "sigmoid", "percentile"), default="isotonic",
+                   help="how the tables are fitted")
+    p.add_argument("--points", type=int, default=1000, help="points per lookup table")
     p.add_argument("--task", action="append", default=[], help="fit only these tasks (default: all)")
-    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN", help=label_help)
     p.add_argument("--version", default="", help="label put before the tables' content fingerprint in "
-                   "calibration_version, e.g. 2026-11 -> 2026-11@3fa9c0e1b2d4 (default: the fingerprint alone)")
-    p.set_defaults(run=_calibrate_fit)
-    p = actions.add_parser("apply", help="add calibrated columns to a predictions file")
+                   "calibration_version, e.g. 2026-11 -> 2026-11@3fa9c0e1b2d4 ('': the fingerprint alone)")
+    p = _command(actions, "apply", "add calibrated columns to a predictions file", _calibrate_apply)
     p.add_argument("--calibration", type=Path, required=True, help="a bundle or a seed calibration/ directory")
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True)
-    p.set_defaults(run=_calibrate_apply)
-    p = actions.add_parser("report", help="ECE, MCE, Brier, log-loss raw vs calibrated, reliability PNGs")
-    p.add_argument("--calibration", type=Path, required=True)
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN")
-    p.add_argument("--bins", type=int, default=15)
-    p.set_defaults(run=_calibrate_report)
-    p = actions.add_parser("publish", help="add the bundle's calibration as a new calibrator version")
-    p.add_argument("--bundle", type=Path, required=True)
-    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument("--input", type=Path, required=True, help="predictions file: CSV, TSV or Parquet")
+    p.add_argument("--output", type=Path, required=True, help="file to write, format by extension")
+    p = _command(actions, "report", "ECE, MCE, Brier, log-loss raw vs calibrated, reliability PNGs",
+                 _calibrate_report)
+    p.add_argument("--calibration", type=Path, required=True, help="a bundle or a seed calibration/ directory")
+    p.add_argument("--input", type=Path, required=True, help="labelled predictions file")
+    p.add_argument("--out", type=Path, required=True, help="directory for the report and its plots")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN", help=label_help)
+    p.add_argument("--bins", type=int, default=15, help="reliability bins")
+    p = _command(actions, "publish", "add the bundle's calibration as a new calibrator version", _calibrate_publish)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle with the calibration to publish")
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to add it to")
     p.add_argument("--url", default=None, help="HTTP host:port of a server in explicit model-control mode")
     p.add_argument("--admin-key-file", type=Path, default=None,
-                   help="the server's admin key (default: $TCE_ADMIN_KEY_FILE, then $TCE_ADMIN_KEY)")
-    p.set_defaults(run=_calibrate_publish)
+                   help="the server's admin key (if not given: $TCE_ADMIN_KEY_FILE, then $TCE_ADMIN_KEY)")
 
-    p = commands.add_parser("predict", help="score a CSV/TSV/Parquet file on a running server")
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--url", default=None)
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--format", choices=("table", "seed-json", "seed-csv"), default="table")
+
+# -- jobs -----------------------------------------------------------------------
+
+def _predict(args: argparse.Namespace) -> int:
+    from tce.jobs.predict import PredictJob, run_predict
+
+    job = PredictJob(args.input, args.output, url=args.url, protocol=args.protocol, model=args.model,
+                     format=args.format, task=args.task, id_field=args.id_field,
+                     allow_missing_columns=args.allow_missing_columns)
+    count = run_predict(job)
+    print(f"{count} predictions written to {args.output}")
+    return 0
+
+
+def add_predict(commands: Commands) -> None:
+    from tce.jobs.predict import FORMATS
+
+    p = _command(commands, "predict", "score a CSV/TSV/Parquet file on a running server", _predict)
+    p.add_argument("--input", type=Path, required=True, help="records to score: CSV, TSV or Parquet")
+    p.add_argument("--output", type=Path, required=True, help="file to write, format by extension")
+    p.add_argument("--url", default=None, help="server address (if not given: localhost:8000, or :8001 for grpc)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="protocol to call the server with")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output layout")
     p.add_argument("--task", default=None, help="with seed formats: the task to format")
     p.add_argument("--id-field", default=None, help="with table: keep only this input column")
     p.add_argument("--allow-missing-columns", action="store_true",
                    help="score a model input missing from the file as missing in every row (default: an error "
                         "naming the column and the closest one the file has)")
-    p.set_defaults(run=_predict)
 
-    p = commands.add_parser("schema", help="print what a served ensemble takes and returns")
-    p.add_argument("--url", default=None, help="server address (default: localhost:8000, or :8001 for grpc)")
-    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="default: %(default)s")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name (default: %(default)s)")
+
+def _schema(args: argparse.Namespace) -> int:
+    from tce.jobs.schema import describe_schema
+
+    print(describe_schema(args.url, protocol=args.protocol, model=args.model, as_json=args.json))
+    return 0
+
+
+def add_schema(commands: Commands) -> None:
+    p = _command(commands, "schema", "print what a served ensemble takes and returns", _schema)
+    p.add_argument("--url", default=None, help="server address (if not given: localhost:8000, or :8001 for grpc)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="protocol to call the server with")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
     p.add_argument("--json", action="store_true", help="print the published schema as JSON")
-    p.set_defaults(run=_schema)
 
-    p = commands.add_parser("loadtest", help="locust load test with latency SLOs (exit 1 on a miss)")
-    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="served on the embedded server")
-    p.add_argument("--http-url", default=None, help="test a running server instead (with --grpc-url)")
-    p.add_argument("--grpc-url", default=None)
-    p.add_argument("--users", type=int, default=4)
-    p.add_argument("--spawn-rate", type=float, default=4.0)
-    p.add_argument("--duration", default="30s")
-    p.add_argument("--protocol", action="append", choices=("http", "grpc"), help="default: both")
-    p.add_argument("--slo-file", type=Path, default=Path("load_tests/slo.yaml"))
-    p.add_argument("--reports", type=Path, default=Path("load_tests/reports"))
-    p.set_defaults(run=_loadtest)
 
-    p = commands.add_parser("demo", help="serve a built repository, score sample records, stop")
-    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    p.set_defaults(run=_demo)
+COMMANDS: tuple[Callable[[Commands], None], ...] = (
+    add_demo_bundle, add_build, add_serve, add_import_seed, add_calibrate, add_predict, add_schema, add_loadtest,
+    add_demo,
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="tce", description=__doc__.split("\n")[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(commands)
     return root
 
 

@@ -385,8 +385,8 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tce.gateway import Gateway
-    from tce.server import EmbeddedServer, ServerConfig, free_ports
+    from tce.serving.gateway import Gateway
+    from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))

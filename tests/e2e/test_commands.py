@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.server import free_ports
+from tce.serving.server import free_ports
 
 pytestmark = pytest.mark.e2e
 TCE = [sys.executable, "-m", "tce.cli"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tce.repository import write_repository
-from tce.server import _library_path, _prepare_backends, free_ports, remove_shared_memory, triton_root
+from tce.build.repository import write_repository
+from tce.serving.server import _library_path, _prepare_backends, free_ports, remove_shared_memory, triton_root
 from tce_backends.canary import Canary
 from tests.conftest import REPO_ROOT
 from tests.hostile import post

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tce.repository import write_repository
-from tce.server import free_ports
+from tce.build.repository import write_repository
+from tce.serving.server import free_ports
 from tce_backends.canary import Canary
 
 pytestmark = pytest.mark.e2e
@@ -184,7 +184,7 @@ def test_kill_9_of_serve_takes_triton_and_its_stubs_down_and_the_next_start_clea
 
 
 def test_serve_through_the_gateway_and_stop_everything(repository):
-    from tce.gateway import GatewayError, find_nginx
+    from tce.serving.gateway import GatewayError, find_nginx
     from tce_client import CalibratedClassifierClient
     from tests.hostile import json_body, post_json
 

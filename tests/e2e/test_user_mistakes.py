@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tce.demo_data import make_dataset
-from tce.repository import write_repository
-from tce.server import EmbeddedServer, ServerConfig, free_ports
+from tce.build.demo_data import make_dataset
+from tce.build.repository import write_repository
+from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from tce.repository import write_repository
-from tce.server import EmbeddedServer, ServerConfig, free_ports
+from tce.build.repository import write_repository
+from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends.bundle import Bundle
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tce.calibrate import publish
-from tce.repository import write_repository
-from tce.security import ADMIN_KEY_HEADER, grpc_headers, http_headers
+from tce.calibration.calibrate import publish
+from tce.build.repository import write_repository
+from tce.serving.security import ADMIN_KEY_HEADER, grpc_headers, http_headers
 from tce_backends.bundle import Bundle
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
 from tests.hostile import post
@@ -149,7 +149,7 @@ def test_publish_refuses_other_classes_and_tables_outside_the_unit_interval(expl
 
 def test_a_version_the_server_cannot_load_is_removed_again(explicit_server, bimodal_bundle, tmp_path, monkeypatch):
     """The server refuses it (here: a model.py that fails to start); the next start must not trip on it."""
-    import tce.calibrate as calibrate
+    import tce.calibration.calibrate as calibrate
 
     real = calibrate.write_step_version
 

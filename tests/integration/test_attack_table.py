@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tce.gateway import Gateway, GatewayError, find_nginx
-from tce.server import free_ports
+from tce.serving.gateway import Gateway, GatewayError, find_nginx
+from tce.serving.server import free_ports
 from tests.attacks import CLEAR, DEFAULT, UNCLEAR, Target, catalogue, run, table
 
 pytestmark = pytest.mark.integration

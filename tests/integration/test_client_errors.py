@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from tce.server import free_ports
+from tce.serving.server import free_ports
 from tce_client import (AsyncCalibratedClassifierClient, CalibratedClassifierClient, InferenceError,
                         ModelNotReadyError, RecordError, ServerUnavailableError)
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from tce.gateway import Gateway, GatewayError, find_nginx
-from tce.repository import write_repository
-from tce.security import ADMIN_KEY_HEADER
-from tce.server import free_ports
+from tce.serving.gateway import Gateway, GatewayError, find_nginx
+from tce.build.repository import write_repository
+from tce.serving.security import ADMIN_KEY_HEADER
+from tce.serving.server import free_ports
 from tce_client import CalibratedClassifierClient
 from tests.hostile import abuse_score, json_body, post, post_json
 from tests.integration.conftest import start_server

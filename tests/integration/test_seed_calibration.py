@@ -10,10 +10,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tce.calibrate import publish
-from tce.repository import write_repository
-from tce.seed_import import import_seed
-from tce.server import EmbeddedServer
+from tce.calibration.calibrate import publish
+from tce.build.repository import write_repository
+from tce.seed.importer import import_seed
+from tce.serving.server import EmbeddedServer
 from tce_backends.bundle import Bundle
 from tce_client import CalibratedClassifierClient
 from tests.integration.conftest import start_server

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tce.repository import schema_for
+from tce.build.repository import schema_for
 from tce_backends import graph
 from tce_client import DEFAULT_MODEL
 from tce_backends.reference import ReferencePipeline

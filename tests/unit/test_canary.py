@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.server import free_ports
+from tce.serving.server import free_ports
 from tce_backends.canary import Canary, canary_body, stub_counts
 
 SCHEMA = {"text_fields": ["dialogue"], "numeric_features": ["a", "b"], "categorical_features": ["c"],

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from tce.cli import DEFAULT_REPOSITORY
-from tce.repository import LIBTORCH_CONFIG_NAME
-from tce.server import NGC_RELEASE
+from tce.build.repository import LIBTORCH_CONFIG_NAME
+from tce.serving.server import NGC_RELEASE
 from tests.conftest import REPO_ROOT
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
@@ -75,7 +75,7 @@ def test_gateway_mounts_the_checked_in_configuration():
     sources = {v.split(":")[0] for v in gateway["volumes"]}
     for source in sources:
         assert (REPO_ROOT / source).is_file(), source
-    from tce.gateway import render
+    from tce.serving.gateway import render
 
     values = {k: str(v) for k, v in gateway["environment"].items()}
     rendered = render({**values, "TRITON_HTTP": "triton:8000", "TRITON_GRPC": "triton:8001",
@@ -146,7 +146,7 @@ def test_the_admin_key_comes_from_a_secret_file_never_committed():
 
 
 def test_entrypoint_restricts_what_tce_serve_restricts():
-    from tce.security import ADMIN_KEY_HEADER, RESTRICTED_APIS
+    from tce.serving.security import ADMIN_KEY_HEADER, RESTRICTED_APIS
 
     entrypoint = (REPO_ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
     assert f'restricted="{",".join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}=$key"' in entrypoint

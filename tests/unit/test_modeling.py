@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from tce.modeling import BertEncoder, wrap_for_export
-from tce.training import minilm_dir
+from tce.build.modeling import BertEncoder, wrap_for_export
+from tce.build.training import minilm_dir
 from tce_backends.bundle import Bundle
 from tce_backends.model_runner import ModelRunner
 from tce_backends.reference import ReferencePipeline
 from tce_client.schema import EnsembleSchema
-from tce.repository import schema_for
+from tce.build.repository import schema_for
 
 
 def test_bert_encoder_matches_hf_bert_on_minilm():
@@ -47,7 +47,7 @@ def test_torchscript_and_eager_agree_through_the_reference_pipeline(bundle_name,
 
 
 def _eager_copy(bundle: Bundle, scripted: ModelRunner):
-    from tce.modeling import BertConfig, MultimodalClassifier
+    from tce.build.modeling import BertConfig, MultimodalClassifier
 
     state = scripted.module.state_dict()
     core_state = {k.removeprefix("core."): v for k, v in state.items()}

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce.calibrate import apply as apply_calibration, report
-from tce.seed_import import SeedImportError, import_seed
+from tce.calibration.calibrate import apply as apply_calibration, report
+from tce.seed.importer import SeedImportError, import_seed
 from tce_backends.bundle import Bundle
 from tests.seed_layout import seed_calibrated, write_seed
 
@@ -77,7 +77,7 @@ def test_pickle_with_code_is_refused(binary_bundle, tmp_path):
 
 
 def test_vocab_txt_is_turned_into_a_fast_tokenizer(binary_bundle, tmp_path):
-    from tce.training import minilm_dir
+    from tce.build.training import minilm_dir
 
     write_seed(binary_bundle, tmp_path / "seed", "none")
     os.remove(tmp_path / "seed" / "tokenizer.json")
@@ -159,7 +159,7 @@ def _tar_bomb(path, members: int, size: int) -> None:
 
 
 def test_an_archive_that_unpacks_too_big_is_stopped_before_extraction(tmp_path):
-    from tce.seed_import import ExtractionLimits
+    from tce.seed.importer import ExtractionLimits
 
     archive = tmp_path / "model.tar.gz"
     _tar_bomb(archive, members=4, size=3 << 20)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.server import EmbeddedServer, ServerConfig, ServerError, free_ports, remove_shared_memory, triton_root
+from tce.serving.server import EmbeddedServer, ServerConfig, ServerError, free_ports, remove_shared_memory, triton_root
 
 
 def test_missing_repository_is_refused(tmp_path):

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tce.training import FULL_STEPS, minilm_dir
+from tce.build.training import FULL_STEPS, minilm_dir
 from tce_backends.errors import BundleError
 from tce_backends.text import TextFieldConfig, TextPreprocessor, clean_batch
 

@@ -22,12 +22,12 @@ from tce_backends.tasks import TaskSpec
 from tce_client.columns import (VERSION_COLUMN, probability_columns, score_field_calibrated_column,
                                 single_task_class_index, true_label_column)
 
-from .calibration_fit import DEFAULT_POINTS, FitMethod, fit_task
+from tce.calibration.fitting import DEFAULT_POINTS, FitMethod, fit_task
 
-from .metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
-from .repository import write_step_version
-from .security import http_headers
-from .tables import read_frame, write_frame
+from tce.jobs.metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
+from tce.build.repository import write_step_version
+from tce.serving.security import http_headers
+from tce.jobs.tables import read_frame, write_frame
 from tce_backends.errors import UsageError
 
 
@@ -127,7 +127,7 @@ def load_calibration(directory: Path, frame: pd.DataFrame) -> tuple[Calibrator, 
     if (directory / CALIBRATION_FILE).is_file():
         raise UsageError(f"{directory} is a bundle's calibration/ directory: pass the bundle directory itself, "
                          "which names the tasks")
-    from .seed_import import SeedCalibration
+    from tce.seed.importer import SeedCalibration
 
     seed = SeedCalibration.read(directory)
     if not (seed.percentile or seed.binary or seed.per_class or seed.per_score_field):

@@ -24,10 +24,10 @@ from tce_backends.tabular import RiskTable, TabularPreprocessor
 from tce_backends.tasks import TaskSpec, task_columns
 from tce_backends.text import TextFieldConfig, TextPreprocessor
 
-from . import demo_data
-from .calibration_fit import FitMethod, fit_task
-from .metrics import TaskMetrics, metrics_table, task_metrics
-from .modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
+from tce.build import demo_data
+from tce.calibration.fitting import FitMethod, fit_task
+from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
+from tce.build.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
 from tce_backends.errors import UsageError
 
 EncoderChoice = Literal["minilm", "tiny"]

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import die_with_parent
+from tce.serving.processes import die_with_parent
 from tce_backends.errors import TceError
 
-GATEWAY_DIR = Path(__file__).resolve().parents[1] / "docker" / "gateway"
+GATEWAY_DIR = Path(__file__).resolve().parents[2] / "docker" / "gateway"
 TEMPLATE = GATEWAY_DIR / "gateway.conf.template"
 MODULE_ENV = "TCE_NGINX_NJS_MODULE"
 MODULE_CANDIDATES = (Path("/usr/lib/nginx/modules/ngx_http_js_module.so"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from tce_backends.errors import UsageError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOAD_TESTS = REPO_ROOT / "load_tests"
 
 
@@ -65,7 +65,7 @@ def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...], idle_reque
 
     from tce_client import CalibratedClassifierClient
 
-    from .demo import SAMPLE_RECORDS as records
+    from tce.serving.demo import SAMPLE_RECORDS as records
 
     idle = {}
     for protocol in protocols:
@@ -92,7 +92,7 @@ def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | 
 
     if http_url and grpc_url:
         return drive(http_url, grpc_url)
-    from .server import EmbeddedServer, ServerConfig, free_ports
+    from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
     if repository is None:
         raise UsageError("give a repository to serve, or both --http-url and --grpc-url")

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from tce_backends.canary import Canary, Watch
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
-from .processes import die_with_parent, kill_group, pid_alive
-from .security import generate_admin_key, restricted_api_args, write_admin_key
+    from tce.serving.gateway import Gateway
+from tce.serving.processes import die_with_parent, kill_group, pid_alive
+from tce.serving.security import generate_admin_key, restricted_api_args, write_admin_key
 from tce_backends.errors import TceError
 from tce_client.client import DEFAULT_MODEL
 

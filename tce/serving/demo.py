@@ -9,7 +9,7 @@ from typing import Any
 
 from tce_client import CalibratedClassifierClient, Prediction
 
-from .server import EmbeddedServer, ServerConfig, free_ports
+from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
 SAMPLE_RECORDS: list[dict[str, Any]] = [
     {"dialogue": "buyer: hi<br>seller: please pay outside the platform by wire transfer 💳",

@@ -1,0 +1,1 @@
+"""Calibration: fit, apply, report and publish lookup tables."""

@@ -1,0 +1,1 @@
+"""Jobs over prediction files: reading and writing tables, metrics."""

@@ -1,0 +1,1 @@
+"""Importing the seeds' artifacts into bundles."""
