@@ -57,6 +57,7 @@ class TrainingConfig:
     learning_rate: float = 3e-3
     calibration_method: FitMethod = "isotonic"
     task_set: TaskSet = "abuse_reason"
+    tasks: tuple[TaskSpec, ...] = ()  # instead of a task set: any tasks task_labels can label
     dialogue_max_length: int = 64
     dialogue_max_chunks: int = 2
     events_max_length: int = 24
@@ -113,7 +114,7 @@ def demo_manifest(config: TrainingConfig) -> Manifest:
     return Manifest(name=f"demo_{config.model_kind}", model_kind="",
                     text_fields=tuple(f.name for f in demo_text_fields(config)),
                     features=FeatureLayout.from_lists(demo_data.NUMERIC, demo_data.CATEGORICAL),
-                    tasks=demo_tasks(config.task_set),
+                    tasks=config.tasks or demo_tasks(config.task_set),
                     description=f"synthetic buyer-seller messaging demo, {config.encoder} encoder")
 
 
@@ -187,7 +188,7 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
     started = time.perf_counter()
     torch.manual_seed(config.seed)  # weight init and training order: same config, same bundle
     out = Path(out)
-    tasks = demo_tasks(config.task_set)
+    tasks = config.tasks or demo_tasks(config.task_set)
     frame = demo_data.make_dataset(config.rows, seed=config.seed)
     shuffled = frame.sample(frac=1.0, random_state=config.seed).reset_index(drop=True)
     cut_train, cut_calibration = int(0.6 * config.rows), int(0.8 * config.rows)

@@ -91,8 +91,12 @@ class StepModel:
         merged = {name: np.concatenate([tensors[name] for _, tensors in accepted])
                   for name in accepted[0][1]}
         outputs = self.step.run(merged)
-        self.after_run(outputs)
         bounds = np.cumsum([0, *sizes])
+        wrong = {name: outputs[name].shape[:1] for name in self.step.output_names
+                 if outputs[name].shape[:1] != (bounds[-1],)}
+        if wrong:  # splitting would hand one request's rows to another
+            raise RuntimeError(f"{self.name}: outputs {wrong} do not have the batch's {bounds[-1]} rows")
+        self.after_run(outputs)
         for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:]):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:stop],
                                                                   dtype=self.output_dtypes[name]))
