@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Without it pip takes torch 2.13.0 from PyPI: the CUDA build (several GB, also runs on CPU).
 TORCH_INDEX ?=
 
-.PHONY: setup bundle build demo serve test test-unit test-integration clean admin-key
+.PHONY: setup bundle build demo serve lint test test-unit test-integration clean admin-key
 
 setup: $(STAMP)
 
@@ -46,7 +46,11 @@ demo: build
 serve: build
 	$(BIN)/tce serve --repository $(REPOSITORY)
 
-test: build
+# Lint first: pyflakes, pycodestyle, import order, bugbear and a complexity cap ([tool.ruff]).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: build lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 test-unit: $(STAMP)

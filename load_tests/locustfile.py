@@ -16,8 +16,16 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, task
 
 from load_tests.records import record_pool
-from load_tests.slo import (PROTOCOLS, LatencyHistogram, SLOConfig, evaluate, format_verdict, parse_idle_p50,
-                            summarise, verdict_json)
+from load_tests.slo import (
+    PROTOCOLS,
+    LatencyHistogram,
+    SLOConfig,
+    evaluate,
+    format_verdict,
+    parse_idle_p50,
+    summarise,
+    verdict_json,
+)
 from tce_client import CalibratedClassifierClient
 
 grpc_gevent.init_gevent()  # grpcio must cooperate with locust's gevent loop; tritonclient.http is gevent-based

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
 from tce_backends.errors import UsageError
 
 PROTOCOLS = ("http", "grpc")

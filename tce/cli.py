@@ -68,9 +68,8 @@ def add_demo_bundle(commands: Commands) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from tce_backends.bundle import Bundle
-
     from tce.build.repository import RepositoryOptions, write_repository
+    from tce_backends.bundle import Bundle
 
     bundle = Bundle.load(args.bundle)
     options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size,

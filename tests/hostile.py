@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-
 from tce_client import DEFAULT_MODEL
 
 ENSEMBLE = DEFAULT_MODEL

@@ -18,7 +18,7 @@ def lookup_table(seed: int, points: int = 50) -> list[tuple[float, float]]:
     rng = np.random.default_rng(seed)
     x = np.sort(np.round(rng.uniform(0.02, 0.98, points), 2))
     y = np.sort(rng.uniform(0.0, 1.0, points))
-    return [(float(a), float(b)) for a, b in zip(x, y)]
+    return [(float(a), float(b)) for a, b in zip(x, y, strict=True)]
 
 
 def write_seed(bundle: Bundle, directory: Path, calibration: str) -> dict[str, list[tuple[float, float]]]:

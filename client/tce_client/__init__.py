@@ -1,7 +1,14 @@
 """Client SDK for the calibrated multimodal ensemble on Triton."""
 from .client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedClassifierClient
-from .errors import (ClientError, InferenceError, ModelNotReadyError, RecordError, RequestTimeoutError,
-                     ServerBusyError, ServerUnavailableError)
+from .errors import (
+                     ClientError,
+                     InferenceError,
+                     ModelNotReadyError,
+                     RecordError,
+                     RequestTimeoutError,
+                     ServerBusyError,
+                     ServerUnavailableError,
+)
 from .results import Prediction, TaskResult, predictions_to_frame
 from .schema import EnsembleSchema, UnusedColumnsWarning
 from .seed_format import to_seed_csv, to_seed_json

@@ -26,12 +26,12 @@ from typing import Any, Awaitable, Callable, Literal, TypeVar
 import numpy as np
 import pandas as pd
 
+from tce_backends.errors import UsageError
+
 from .endpoints import host_port
-from .errors import (InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError,
-                     ServerUnavailableError)
+from .errors import InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError, ServerUnavailableError
 from .results import Prediction, TaskResult
 from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
-from tce_backends.errors import UsageError
 
 T = TypeVar("T")
 # What Triton says when it refuses a request it never ran (dynamic batcher queue policy).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from urllib.parse import urlsplit
+
 from tce_backends.errors import UsageError
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}

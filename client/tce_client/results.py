@@ -46,10 +46,10 @@ def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
         single = len(prediction.tasks) == 1
         for name, result in prediction.tasks.items():
             classes = len(result.classes)
-            for column, value in zip(names.probability_columns(name, classes, single), result.raw):
+            for column, value in zip(names.probability_columns(name, classes, single), result.raw, strict=True):
                 columns.setdefault(column, []).append(float(value))
             for column, value in zip(names.probability_columns(name, classes, single, calibrated=True),
-                                     result.calibrated):
+                                     result.calibrated, strict=True):
                 columns.setdefault(column, []).append(float(value))
             columns.setdefault(names.predicted_label_column(name), []).append(result.label)
             columns.setdefault(names.fallback_column(name), []).append(result.calibration_fallback)

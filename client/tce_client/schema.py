@@ -114,8 +114,8 @@ class EnsembleSchema:
             raise RecordError(None, "records", "no records to encode")
         rows = len(frame)
         inputs: dict[str, np.ndarray] = {}
-        for field in self.text_fields:
-            inputs[field] = _strings(frame, field, rows, text=True)[:, None]
+        for text_field in self.text_fields:
+            inputs[text_field] = _strings(frame, text_field, rows, text=True)[:, None]
         if self.numeric_features:
             inputs[self.inputs["numeric"]] = np.stack([_numbers(frame, f, rows) for f in self.numeric_features], axis=1)
         if self.categorical_features:

@@ -12,8 +12,9 @@ import io
 import json
 from typing import Sequence
 
-from .results import Prediction, TaskResult
 from tce_backends.errors import UsageError
+
+from .results import Prediction, TaskResult
 
 
 def seed_record(result: TaskResult) -> dict[str, str]:

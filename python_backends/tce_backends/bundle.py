@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .calibration import Calibrator
+from .contract import RESERVED_NAMES
 from .errors import BundleError
 from .features import FeatureLayout
 from .tabular import TabularPreprocessor
 from .tasks import TaskSpec, validate_tasks
 from .text import TextPreprocessor
-from .contract import RESERVED_NAMES
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 DEFAULT_MODEL = "calibrated_ensemble"
 SCHEMA_PARAMETER = "tce_schema"

@@ -74,13 +74,13 @@ class EnsembleGraph:
     def __post_init__(self) -> None:
         available = {spec.name: spec for spec in self.inputs}
         for node in self.steps:
-            for spec, (_, tensor) in zip(node.inputs, node.input_map):
+            for spec, (_, tensor) in zip(node.inputs, node.input_map, strict=True):
                 if tensor not in available:
                     raise ValueError(f"step {node.name!r} reads {tensor!r}, which no earlier step produces")
                 if (available[tensor].data_type, available[tensor].dims) != (spec.data_type, spec.dims):
                     raise ValueError(f"step {node.name!r} reads {tensor!r} as {spec}, produced as "
                                      f"{available[tensor]}")
-            available.update({tensor: spec for spec, (_, tensor) in zip(node.outputs, node.output_map)})
+            available.update({tensor: spec for spec, (_, tensor) in zip(node.outputs, node.output_map, strict=True)})
         missing = [spec.name for spec in self.outputs if spec.name not in available]
         if missing:
             raise ValueError(f"ensemble outputs {missing} are produced by no step")

@@ -171,7 +171,7 @@ class ModelStep:
         preprocessed = {spec.name: spec for spec in PreprocessStep.signature(manifest, text_fields).outputs}
         names = contract.model_input_names(manifest.text_fields)
         inputs = tuple(TensorSpec(positional, preprocessed[name].data_type, preprocessed[name].dims)
-                       for positional, name in zip(contract.positional(names), names))
+                       for positional, name in zip(contract.positional(names), names, strict=True))
         outputs = (TensorSpec(contract.positional((contract.PROBABILITIES,))[0], "TYPE_FP32",
                               (total_classes(manifest.tasks),)),)
         return Signature(inputs, outputs)
@@ -189,7 +189,7 @@ class ModelStep:
         out = {name: _require(inputs, name) for name in self.input_names}
         _batch_size(out)
         *tokens, tabular = self.input_names
-        for ids_name, mask_name in zip(tokens[::2], tokens[1::2]):  # forward order: ids, mask per field
+        for ids_name, mask_name in zip(tokens[::2], tokens[1::2], strict=True):  # forward order: ids, mask per field
             ids, mask = out[ids_name], out[mask_name]
             if ids.dtype != np.int64 or mask.dtype != np.int64 or ids.ndim != 3 or ids.shape != mask.shape:
                 raise InputError(ids_name, "token ids and attention mask must be int64 arrays of one shape "

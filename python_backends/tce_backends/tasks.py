@@ -30,7 +30,8 @@ class TaskSpec:
         if self.kind == "binary" and len(self.classes) != 2:
             raise BundleError("tasks", f"binary task {self.name!r} needs exactly 2 classes, got {len(self.classes)}")
         if self.kind == "multiclass" and len(self.classes) < 3:
-            raise BundleError("tasks", f"multiclass task {self.name!r} needs at least 3 classes, got {len(self.classes)}")
+            raise BundleError("tasks", f"multiclass task {self.name!r} needs at least 3 classes, "
+                                       f"got {len(self.classes)}")
         if len(set(self.classes)) != len(self.classes):
             raise BundleError("tasks", f"task {self.name!r} has duplicate class names")
 

@@ -7,7 +7,6 @@ server's ``Calibrator`` and adds the calibrated columns, keeping every input col
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +15,22 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from tce.build.repository import write_step_version
+from tce.calibration.fitting import DEFAULT_POINTS, FitMethod, fit_task
+from tce.jobs.metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
+from tce.jobs.tables import read_frame, write_frame
+from tce.serving.security import http_headers
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
 from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
-from tce_backends.tasks import TaskSpec
-from tce_client.columns import (VERSION_COLUMN, probability_columns, score_field_calibrated_column,
-                                single_task_class_index, true_label_column)
-
-from tce.calibration.fitting import DEFAULT_POINTS, FitMethod, fit_task
-
-from tce.jobs.metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
-from tce.build.repository import write_step_version
-from tce.serving.security import http_headers
-from tce.jobs.tables import read_frame, write_frame
 from tce_backends.errors import UsageError
+from tce_backends.tasks import TaskSpec
+from tce_client.columns import (
+    VERSION_COLUMN,
+    probability_columns,
+    score_field_calibrated_column,
+    single_task_class_index,
+    true_label_column,
+)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,8 @@ def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[s
         task = column.task
         raw, calibrated = applied.raw[task.name], applied.calibrated[task.name]
         truth = _labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
-        results[task.name] = {"raw": task_metrics(raw, truth, bins), "calibrated": task_metrics(calibrated, truth, bins)}
+        results[task.name] = {"raw": task_metrics(raw, truth, bins),
+                              "calibrated": task_metrics(calibrated, truth, bins)}
         figure, axis = plt.subplots(figsize=(5, 5))
         axis.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
         for name, probabilities in (("raw", raw), ("calibrated", calibrated)):

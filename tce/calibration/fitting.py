@@ -9,8 +9,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from tce_backends.calibration import LookupTable, TaskCalibration, sample_table
-from tce_backends.tasks import TaskSpec
 from tce_backends.errors import UsageError
+from tce_backends.tasks import TaskSpec
 
 FitMethod = Literal["isotonic", "sigmoid", "percentile"]
 FIT_METHODS: tuple[str, ...] = ("isotonic", "sigmoid", "percentile")

@@ -8,10 +8,16 @@ from typing import Callable
 
 import pandas as pd
 
-from tce_backends.errors import UsageError
-from tce_client import (DEFAULT_MODEL, CalibratedClassifierClient, UnusedColumnsWarning, predictions_to_frame,
-                        to_seed_csv, to_seed_json)
 from tce.jobs.tables import read_frame, write_frame
+from tce_backends.errors import UsageError
+from tce_client import (
+    DEFAULT_MODEL,
+    CalibratedClassifierClient,
+    UnusedColumnsWarning,
+    predictions_to_frame,
+    to_seed_csv,
+    to_seed_json,
+)
 
 FORMATS = ("table", "seed-json", "seed-csv")
 

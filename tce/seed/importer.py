@@ -133,34 +133,35 @@ class SeedCalibration:
                 continue
             calibrations[field_name] = TaskCalibration.of("binary", {1: table})
         single = [t for t in tasks if t.name not in self.per_score_field]
-        has_single_task_files = self.percentile or self.binary or self.per_class
-        if has_single_task_files:
+        if self.percentile or self.binary or self.per_class:
             if len(single) != 1:
                 notes.append("percentile_score.pkl / calibration_model.pkl / calibration_models/ apply to a "
                              f"single task, but {len(single)} tasks lack a score-field table: not applied")
                 return calibrations, notes
-            task = single[0]
-            # seed 000's load order: percentile first, then binary, then per class
-            if self.percentile is not None:
-                if task.kind == "binary":
-                    calibrations[task.name] = TaskCalibration.of("percentile", {1: self.percentile})
-                else:
-                    notes.append(f"percentile calibration is binary-only; task {task.name!r} stays raw (seed 000)")
-            elif self.binary is not None:
-                calibrations[task.name] = TaskCalibration.of("binary", {1: self.binary})
-            elif self.per_class:
-                out_of_range = [c for c in self.per_class if c >= task.num_classes]
-                if out_of_range:
-                    raise SeedImportError("calibration/calibration_models",
-                                          f"tables for classes {out_of_range} but task {task.name!r} has "
-                                          f"{task.num_classes} classes")
-                calibrations[task.name] = TaskCalibration.of("multiclass", dict(self.per_class))
-            skipped = [n for n, v in (("calibration_model.pkl", self.percentile and self.binary),
-                                      ("calibration_models/", (self.percentile or self.binary) and self.per_class))
-                       if v]
-            for name in skipped:
-                notes.append(f"calibration/{name} ignored: a higher-priority calibration file is present (seed 000)")
+            calibration = self._single_task(single[0], notes)
+            if calibration is not None:
+                calibrations[single[0].name] = calibration
         return calibrations, notes
+
+    def _single_task(self, task: TaskSpec, notes: list[str]) -> TaskCalibration | None:
+        """Seed 000's load order for one task: percentile first, then binary, then per class."""
+        skipped = [n for n, v in (("calibration_model.pkl", self.percentile and self.binary),
+                                  ("calibration_models/", (self.percentile or self.binary) and self.per_class)) if v]
+        notes += [f"calibration/{name} ignored: a higher-priority calibration file is present (seed 000)"
+                  for name in skipped]
+        if self.percentile is not None:
+            if task.kind == "binary":
+                return TaskCalibration.of("percentile", {1: self.percentile})
+            notes.append(f"percentile calibration is binary-only; task {task.name!r} stays raw (seed 000)")
+            return None
+        if self.binary is not None:
+            return TaskCalibration.of("binary", {1: self.binary})
+        out_of_range = [c for c in self.per_class if c >= task.num_classes]
+        if out_of_range:
+            raise SeedImportError("calibration/calibration_models",
+                                  f"tables for classes {out_of_range} but task {task.name!r} has "
+                                  f"{task.num_classes} classes")
+        return TaskCalibration.of("multiclass", dict(self.per_class))
 
 
 def _tasks(hyper: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
@@ -169,7 +170,8 @@ def _tasks(hyper: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
     if hyper.get("score_fields"):
         return tuple(TaskSpec(str(f), "binary", ("0", "1")) for f in hyper["score_fields"])
     is_binary = bool(hyper.get("is_binary", True))
-    classes = hyper.get("multiclass_categories") or [str(i) for i in range(2 if is_binary else int(hyper["num_classes"]))]
+    count = 2 if is_binary else int(hyper["num_classes"])
+    classes = hyper.get("multiclass_categories") or [str(i) for i in range(count)]
     name = str(hyper.get("label_name", "label"))
     return (TaskSpec(name, "binary" if is_binary else "multiclass", tuple(str(c) for c in classes)),)
 

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tce_client import CalibratedClassifierClient, Prediction
-
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
+from tce_client import CalibratedClassifierClient, Prediction
 
 SAMPLE_RECORDS: list[dict[str, Any]] = [
     {"dialogue": "buyer: hi<br>seller: please pay outside the platform by wire transfer 💳",
@@ -72,7 +71,7 @@ def run_demo(repository: Path, log=print) -> int:
                 batch_ms = (time.perf_counter() - started) * 1000
             log(f"\n== {protocol.upper()}  (tasks: {', '.join(scored[0][0].tasks)}; "
                 f"calibration version {scored[0][0].calibration_version})")
-            for note, (prediction, latency) in zip(NOTES, scored):
+            for note, (prediction, latency) in zip(NOTES, scored, strict=True):
                 log(f"  {note:<28} {latency:7.1f} ms   " + "   ".join(_format(prediction)))
             latencies = sorted(latency for _, latency in scored)
             log(f"  one request per record: median {latencies[len(latencies) // 2]:.1f} ms; "

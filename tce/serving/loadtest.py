@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
 from tce_backends.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +64,8 @@ def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...], idle_reque
 
     import numpy as np
 
-    from tce_client import CalibratedClassifierClient
-
     from tce.serving.demo import SAMPLE_RECORDS as records
+    from tce_client import CalibratedClassifierClient
 
     idle = {}
     for protocol in protocols:

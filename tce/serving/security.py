@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+
 from tce_backends.errors import UsageError
 
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")

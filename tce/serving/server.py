@@ -316,32 +316,43 @@ class EmbeddedServer:
         server had to be killed."""
         process, self.process = self.process, None
         graceful = True
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            deadline, next_report = time.monotonic() + timeout_s, time.monotonic() + 3
-            while process.poll() is None and time.monotonic() < deadline and not force():
-                time.sleep(0.1)
-                if report and time.monotonic() > next_report:
-                    waiting = _wait_line(self.log_tail(lines=5))
-                    if waiting:
-                        report(f"still stopping: {waiting} (Ctrl-C again to kill it now)")
-                    next_report = time.monotonic() + 5
-            if process.poll() is None:
-                graceful = False
-                kill_group(process.pid)
-                process.wait(timeout=10)
         if process is not None:
+            graceful = self._terminate(process, timeout_s, force, report)
             kill_group(process.pid)
         remove_shared_memory(self.shm_prefix)
         if self.run_dir is not None and not keep_run_dir:
-            if keep_log and self._own_log:
-                for item in self.run_dir.iterdir():  # keep only the log: it explains what happened
-                    if item.name != LOG_FILE:
-                        shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
-            else:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.run_dir = None
+            self._remove_run_dir(keep_log)
         return graceful
+
+    def _terminate(self, process: subprocess.Popen, timeout_s: float, force: Callable[[], bool],
+                   report: Callable[[str], None] | None) -> bool:
+        """SIGTERM and wait, saying what the stop waits for; SIGKILL the group at the end."""
+        if process.poll() is not None:
+            return True
+        process.send_signal(signal.SIGTERM)
+        deadline, next_report = time.monotonic() + timeout_s, time.monotonic() + 3
+        while process.poll() is None and time.monotonic() < deadline and not force():
+            time.sleep(0.1)
+            if report and time.monotonic() > next_report:
+                waiting = _wait_line(self.log_tail(lines=5))
+                if waiting:
+                    report(f"still stopping: {waiting} (Ctrl-C again to kill it now)")
+                next_report = time.monotonic() + 5
+        if process.poll() is not None:
+            return True
+        kill_group(process.pid)
+        process.wait(timeout=10)
+        return False
+
+    def _remove_run_dir(self, keep_log: bool) -> None:
+        assert self.run_dir is not None
+        if keep_log and self._own_log:
+            for item in self.run_dir.iterdir():  # keep only the log: it explains what happened
+                if item.name != LOG_FILE:
+                    shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir = None
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()

@@ -88,8 +88,8 @@ def test_restricted_server_watchdog_and_signals(image_like, bimodal_bundle, tmp_
     try:
         url = f"127.0.0.1:{http}"
         assert post(url, b"{}", path="/v2/repository/index")[0] == 403
-        assert post(url, b"{}", path="/v2/repository/index", headers={"tce-admin-key": key_file.read_text().strip()})[0] \
-            == 200
+        admin = {"tce-admin-key": key_file.read_text().strip()}
+        assert post(url, b"{}", path="/v2/repository/index", headers=admin)[0] == 200
         process.send_signal(signal.SIGTERM)  # compose stop
         assert process.wait(timeout=60) == 0
     finally:

@@ -109,7 +109,8 @@ def test_publish_to_a_server_without_model_control_writes_nothing(served, bimoda
     key_file.write_text(server.admin_key)
     before = sorted(p.name for p in (server.config.model_repository / "calibrator").iterdir())
     result = tce("calibrate", "publish", "--bundle", str(bimodal_bundle.root), "--repository",
-                 str(server.config.model_repository), "--url", server.config.http_url, "--admin-key-file", str(key_file))
+                 str(server.config.model_repository), "--url", server.config.http_url,
+                 "--admin-key-file", str(key_file))
     one_clear_line(result, "does not allow model control", "--model-control-mode explicit")
     assert sorted(p.name for p in (server.config.model_repository / "calibrator").iterdir()) == before
 

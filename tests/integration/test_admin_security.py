@@ -15,8 +15,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tce.calibration.calibrate import publish
 from tce.build.repository import write_repository
+from tce.calibration.calibrate import publish
 from tce.serving.security import ADMIN_KEY_HEADER, grpc_headers, http_headers
 from tce_backends.bundle import Bundle
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration

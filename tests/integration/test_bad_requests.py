@@ -9,9 +9,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-
-from tce_client import DEFAULT_MODEL
-from tce_client import CalibratedClassifierClient
+from tce_client import DEFAULT_MODEL, CalibratedClassifierClient
 
 pytestmark = pytest.mark.integration
 ENSEMBLE = DEFAULT_MODEL
@@ -105,7 +103,7 @@ def test_a_bad_request_does_not_disturb_its_batch_neighbours(bimodal_server, var
         got = [f.result() for f in goods]
         errors = [f.result() for f in bads]
     assert all("dialogue" in e for e in errors)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert np.abs(a["abuse"].calibrated - b["abuse"].calibrated).max() <= 1e-5
 
 

@@ -3,8 +3,14 @@ import asyncio
 import pytest
 
 from tce.serving.server import free_ports
-from tce_client import (AsyncCalibratedClassifierClient, CalibratedClassifierClient, InferenceError,
-                        ModelNotReadyError, RecordError, ServerUnavailableError)
+from tce_client import (
+    AsyncCalibratedClassifierClient,
+    CalibratedClassifierClient,
+    InferenceError,
+    ModelNotReadyError,
+    RecordError,
+    ServerUnavailableError,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tce.serving.gateway import Gateway, GatewayError, find_nginx
 from tce.build.repository import write_repository
+from tce.serving.gateway import Gateway, GatewayError, find_nginx
 from tce.serving.security import ADMIN_KEY_HEADER
 from tce.serving.server import free_ports
 from tce_client import CalibratedClassifierClient
@@ -47,7 +47,7 @@ def test_callers_get_the_same_answers_through_the_gateway(gateway, bimodal_serve
             via_gateway = client.predict(varied_records[:20])
         with CalibratedClassifierClient(direct, protocol=protocol) as client:
             expected = client.predict(varied_records[:20])
-        for a, b in zip(via_gateway, expected):
+        for a, b in zip(via_gateway, expected, strict=True):
             np.testing.assert_array_equal(a["reason"].calibrated, b["reason"].calibrated)
     status, body = post_json(_url(gateway, gateway.http_port), json_body())
     assert status == 200 and len(abuse_score(body)) == 2

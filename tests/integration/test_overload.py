@@ -62,7 +62,7 @@ def test_a_burst_beyond_the_queues_is_refused_at_once_and_the_rest_is_served(sma
     refused = [(seconds, outcome) for seconds, outcome in results if outcome != "ok"]
     assert served, "some requests must still be served"
     assert refused, "a burst beyond the queues must be refused"
-    for seconds, outcome in refused:
+    for _seconds, outcome in refused:
         assert "StatusCode.UNAVAILABLE" in outcome, outcome
         assert "Exceeds maximum queue size" in outcome or "Request timeout expired" in outcome, outcome
     # refusals come from the bounded queues: none waits much longer than the queue timeout
@@ -77,7 +77,8 @@ def test_the_sdk_retries_refusals_then_says_the_server_is_busy(small_queue_serve
     import concurrent.futures
 
     with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc", retries=1) as probe:
-        encoded = probe.schema.encode([{"dialogue": "buyer: my parcel never came " * 20}] * 64, allow_missing_fields=True)
+        encoded = probe.schema.encode([{"dialogue": "buyer: my parcel never came " * 20}] * 64,
+                                      allow_missing_fields=True)
 
     def one(_: int) -> str:
         with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc", retries=1,

@@ -11,9 +11,8 @@ import tritonclient.http as httpclient
 
 from tce.build.repository import schema_for
 from tce_backends import graph
-from tce_client import DEFAULT_MODEL
 from tce_backends.reference import ReferencePipeline
-from tce_client import AsyncCalibratedClassifierClient, CalibratedClassifierClient
+from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedClassifierClient
 
 pytestmark = pytest.mark.integration
 STEPS = (graph.PREPROCESSOR, graph.MULTIMODAL_MODEL, graph.CALIBRATOR, DEFAULT_MODEL)
@@ -95,7 +94,8 @@ def test_dynamic_batching_batches_concurrent_requests_after_the_entry_step(bimod
             results = list(pool.map(one, range(64)))
     assert len(results) == 64
     for step in STEPS[:3]:
-        inferences, executions = (a - b for a, b in zip(_statistics(bimodal_server.http_url, step), before[step]))
+        now = _statistics(bimodal_server.http_url, step)
+        inferences, executions = (a - b for a, b in zip(now, before[step], strict=True))
         assert inferences == 64, step
         if step == graph.PREPROCESSOR:  # isolation: one caller request per execution
             assert executions == inferences, f"{step}: {executions} executions for {inferences} inferences"

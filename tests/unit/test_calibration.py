@@ -24,7 +24,7 @@ def test_interpolation_hand_computed():
 def test_interpolation_matches_seed_on_random_scores():
     rng = np.random.default_rng(0)
     x = np.sort(np.round(rng.random(50), 2))  # rounding makes duplicate x values
-    table = list(zip(x, np.sort(rng.random(50))))
+    table = list(zip(x, np.sort(rng.random(50)), strict=True))
     raw = np.concatenate([rng.random(500), x, [-0.5, 1.5, 0.0, 1.0]])
     expected = [seed._interpolate_score(r, table) for r in raw]
     np.testing.assert_allclose(LookupTable.from_points(table)(raw), expected, atol=1e-12)
@@ -45,7 +45,8 @@ def test_binary_and_percentile_match_seed():
 def test_multiclass_matches_seed_with_renormalisation_and_missing_class_table():
     scores = np.random.default_rng(2).dirichlet([1, 1, 1], size=100)
     tables = {"0": TABLE, "2": [(0.0, 0.2), (1.0, 0.4)]}
-    ours = TaskCalibration.of("multiclass", {int(k): LookupTable.from_points(v) for k, v in tables.items()}).apply(scores)
+    per_class = {int(k): LookupTable.from_points(v) for k, v in tables.items()}
+    ours = TaskCalibration.of("multiclass", per_class).apply(scores)
     np.testing.assert_allclose(ours, seed.apply_regular_multiclass_calibration(scores, tables), atol=1e-12)
     np.testing.assert_allclose(ours.sum(axis=1), 1.0)
 
@@ -90,7 +91,8 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.version == calibrator.version
     probs = np.random.default_rng(3).dirichlet([1, 1], size=10).astype(np.float32)
     probs = np.concatenate([probs, np.random.default_rng(4).dirichlet([1, 1, 1], size=10)], axis=1)
-    np.testing.assert_array_equal(loaded.apply(probs).calibrated["reason"], calibrator.apply(probs).calibrated["reason"])
+    np.testing.assert_array_equal(loaded.apply(probs).calibrated["reason"],
+                                  calibrator.apply(probs).calibrated["reason"])
 
 
 def test_corrupt_table_falls_back_to_raw_for_that_task_only(tmp_path):

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import yaml
 
-from tce.cli import DEFAULT_REPOSITORY
 from tce.build.repository import LIBTORCH_CONFIG_NAME
+from tce.cli import DEFAULT_REPOSITORY
 from tce.serving.server import NGC_RELEASE
 from tests.conftest import REPO_ROOT
 
@@ -61,7 +61,7 @@ def test_only_the_gateway_faces_callers_and_everything_binds_loopback_by_default
     gateway = _published(SERVICES["gateway"])
     assert {(h, c) for _, h, c in gateway} == {("8000", "8000"), ("8001", "8001")}
     for name in ("triton", "triton-cpu", "gateway"):
-        for address, _, container in _published(SERVICES[name]):
+        for address, _, _container in _published(SERVICES[name]):
             assert address.startswith("${") and address.endswith(":-127.0.0.1}"), (name, address)
     for name in ("triton", "triton-cpu"):
         assert [c for _, _, c in _published(SERVICES[name])] == ["8002"], "Triton publishes metrics only"

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from tce.build.modeling import BertEncoder, wrap_for_export
+from tce.build.repository import schema_for
 from tce.build.training import minilm_dir
 from tce_backends.bundle import Bundle
 from tce_backends.model_runner import ModelRunner
 from tce_backends.reference import ReferencePipeline
 from tce_client.schema import EnsembleSchema
-from tce.build.repository import schema_for
 
 
 def test_bert_encoder_matches_hf_bert_on_minilm():

@@ -5,8 +5,14 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from tce.build.repository import (LIBTORCH_CONFIG_NAME, MODEL_PY, RepositoryOptions, make_configs, model_py_source,
-                            write_repository)
+from tce.build.repository import (
+    LIBTORCH_CONFIG_NAME,
+    MODEL_PY,
+    RepositoryOptions,
+    make_configs,
+    model_py_source,
+    write_repository,
+)
 from tce.build.training import TrainingConfig, demo_manifest, demo_text_fields
 from tce_backends import graph
 from tce_client import DEFAULT_MODEL

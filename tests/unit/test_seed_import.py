@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce.calibration.calibrate import apply as apply_calibration, report
+from tce.calibration.calibrate import apply as apply_calibration
+from tce.calibration.calibrate import report
 from tce.seed.importer import SeedImportError, import_seed
 from tce_backends.bundle import Bundle
 from tests.seed_layout import seed_calibrated, write_seed

@@ -2,8 +2,7 @@ import math
 
 import pytest
 
-from load_tests.slo import (LatencyHistogram, ProtocolSLO, SLOConfig, SLOConfigError, evaluate, format_verdict,
-                            summarise)
+from load_tests.slo import LatencyHistogram, ProtocolSLO, SLOConfig, SLOConfigError, evaluate, format_verdict, summarise
 
 
 def test_histogram_percentiles_are_exact_below_a_millisecond():

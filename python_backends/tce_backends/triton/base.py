@@ -97,7 +97,7 @@ class StepModel:
         if wrong:  # splitting would hand one request's rows to another
             raise RuntimeError(f"{self.name}: outputs {wrong} do not have the batch's {bounds[-1]} rows")
         self.after_run(outputs)
-        for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:]):
+        for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:], strict=True):
             tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:stop],
                                                                   dtype=self.output_dtypes[name]))
                        for name in self.step.output_names]
