@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Literal, TypeVar
 import numpy as np
 import pandas as pd
 
+from tce_backends.contract import DEFAULT_ENSEMBLE
 from tce_backends.errors import UsageError
 
 from .endpoints import host_port
@@ -39,7 +40,7 @@ _NOT_RUN = ("Exceeds maximum queue size", "Request timeout expired")
 _NOT_CONNECTED = ("Connection refused", "failed to connect", "Failed to connect")
 
 Protocol = Literal["http", "grpc"]
-DEFAULT_MODEL = "calibrated_ensemble"  # the one home of the ensemble's default name
+DEFAULT_MODEL = DEFAULT_ENSEMBLE
 DEFAULT_URLS = {"http": "localhost:8000", "grpc": "localhost:8001"}
 _DATATYPES = {np.dtype(np.float64): "FP64", np.dtype(np.object_): "BYTES"}
 

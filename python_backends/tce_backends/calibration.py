@@ -181,17 +181,23 @@ class NoCalibration(TaskCalibration):
         return np.asarray(raw, dtype=np.float64).copy()
 
 
-@calibration_kind
 @dataclass(frozen=True)
-class BinaryTable(TaskCalibration):
-    """One table on class 1 of a binary task; class 0 = 1 - p."""
+class TableCalibration(TaskCalibration):
+    """A kind made of lookup tables, one per class column."""
 
-    method: ClassVar[str] = "binary"
     tables: Mapping[int, LookupTable] = field(default_factory=dict)
 
     @classmethod
-    def from_tables(cls, tables: dict[int, LookupTable]) -> "BinaryTable":
+    def from_tables(cls, tables: dict[int, LookupTable]) -> "TableCalibration":
         return cls(tables)
+
+
+@calibration_kind
+@dataclass(frozen=True)
+class BinaryTable(TableCalibration):
+    """One table on class 1 of a binary task; class 0 = 1 - p."""
+
+    method: ClassVar[str] = "binary"
 
     def check(self, task: TaskSpec) -> None:
         self._check_range()
@@ -215,15 +221,10 @@ class PercentileTable(BinaryTable):
 
 @calibration_kind
 @dataclass(frozen=True)
-class PerClassTables(TaskCalibration):
+class PerClassTables(TableCalibration):
     """One table per class (classes without one keep raw), then rows renormalised to sum to 1."""
 
     method: ClassVar[str] = "multiclass"
-    tables: Mapping[int, LookupTable] = field(default_factory=dict)
-
-    @classmethod
-    def from_tables(cls, tables: dict[int, LookupTable]) -> "PerClassTables":
-        return cls(tables)
 
     def check(self, task: TaskSpec) -> None:
         self._check_range()

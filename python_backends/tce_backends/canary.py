@@ -35,7 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-DEFAULT_MODEL = "calibrated_ensemble"
+from .contract import DEFAULT_ENSEMBLE as DEFAULT_MODEL
+
 SCHEMA_PARAMETER = "tce_schema"
 # Triton's words for a request refused because of load: the server works, it is busy.
 _BUSY = ("Exceeds maximum queue size", "Request timeout expired")

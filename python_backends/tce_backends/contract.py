@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+DEFAULT_ENSEMBLE = "calibrated_ensemble"  # the one home of the ensemble's default name
+
 NUMERIC_FEATURES = "numeric_features"
 CATEGORICAL_FEATURES = "categorical_features"
 TABULAR = "tabular"
