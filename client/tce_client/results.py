@@ -46,11 +46,13 @@ def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
         single = len(prediction.tasks) == 1
         for name, result in prediction.tasks.items():
             classes = len(result.classes)
-            for column, value in zip(names.probability_columns(name, classes, single), result.raw, strict=True):
-                columns.setdefault(column, []).append(float(value))
-            for column, value in zip(names.probability_columns(name, classes, single, calibrated=True),
-                                     result.calibrated, strict=True):
-                columns.setdefault(column, []).append(float(value))
+            # per class, raw then calibrated: the seed's column order
+            for raw_column, calibrated_column, raw, calibrated in zip(
+                    names.probability_columns(name, classes, single),
+                    names.probability_columns(name, classes, single, calibrated=True),
+                    result.raw, result.calibrated, strict=True):
+                columns.setdefault(raw_column, []).append(float(raw))
+                columns.setdefault(calibrated_column, []).append(float(calibrated))
             columns.setdefault(names.predicted_label_column(name), []).append(result.label)
             columns.setdefault(names.fallback_column(name), []).append(result.calibration_fallback)
         columns.setdefault(names.VERSION_COLUMN, []).append(prediction.calibration_version)
