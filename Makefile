@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Without it pip takes torch 2.13.0 from PyPI: the CUDA build (several GB, also runs on CPU).
 TORCH_INDEX ?=
 
-.PHONY: setup bundle build demo serve lint test test-unit test-integration clean admin-key
+.PHONY: setup bundle build demo serve bench lint test test-unit test-integration clean admin-key
 
 setup: $(STAMP)
 
@@ -32,12 +32,12 @@ check-lock: $(STAMP)
 	@echo "requirements.lock resolves from PyPI alone"
 
 bundle: $(BUNDLE)/manifest.json
-$(BUNDLE)/manifest.json: $(STAMP)
+$(BUNDLE)/manifest.json: $(STAMP) tce/build/modeling.py tce/build/training.py tce/build/demo_data.py
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
 build: $(MODEL)
 # Rebuilt when the builder changes too: a repository of an earlier layout must not linger.
-$(MODEL): $(BUNDLE)/manifest.json tce/build/repository.py $(wildcard python_backends/tce_backends/*.py)
+$(MODEL): $(BUNDLE)/manifest.json tce/build/repository.py tce/build/length_trim.py $(wildcard python_backends/tce_backends/*.py)
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
 demo: build
@@ -45,6 +45,10 @@ demo: build
 
 serve: build
 	$(BIN)/tce serve --repository $(REPOSITORY)
+
+# Served ensemble vs model.pt in process vs fixed padding, in one run (docs/performance.md).
+bench: build
+	$(BIN)/tce benchmark --repository $(REPOSITORY) --out artifacts/benchmark.json
 
 # Lint first: pyflakes, pycodestyle, import order, bugbear and a complexity cap ([tool.ruff]).
 lint: $(STAMP)

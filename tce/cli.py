@@ -74,7 +74,7 @@ def _build(args: argparse.Namespace) -> int:
     bundle = Bundle.load(args.bundle)
     options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size,
                                 model_instances=args.model_instances)
-    out = write_repository(bundle, args.out, options)
+    out = write_repository(bundle, args.out, options, say=print)
     print(f"model repository for bundle '{bundle.manifest.name}' written to {out} "
           f"(ensemble '{options.ensemble_name}'; libtorch host: --model-config-name=libtorch)")
     return 0
@@ -324,9 +324,50 @@ def add_schema(commands: Commands) -> None:
     p.add_argument("--json", action="store_true", help="print the published schema as JSON")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from tce.jobs.benchmark import BenchmarkConfig, format_report, run_benchmark, write_json
+
+    config = BenchmarkConfig(args.repository, records=args.records, long_thread_share=args.long_thread_share,
+                             batch_sizes=args.batch_sizes, single_pairs=args.single_pairs,
+                             concurrency=args.concurrency, seconds_per_level=args.seconds, device=args.device,
+                             model=args.model)
+    result = run_benchmark(config, grpc_url=args.grpc_url)
+    print("\n" + format_report(result))
+    write_json(result, args.out, config)
+    print(f"\nfigures and seed-004 speed_metrics written to {args.out}")
+    return 0
+
+
+def add_benchmark(commands: Commands) -> None:
+    p = _command(commands, "benchmark", "served ensemble vs model.pt in process vs fixed padding, in one run",
+                 _benchmark)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="built model repository")
+    p.add_argument("--grpc-url", default=None, help="benchmark a running server (host:port) instead of starting one")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
+    p.add_argument("--records", type=int, default=256, help="records in the mix")
+    p.add_argument("--long-thread-share", type=float, default=0.3, help="share of records that are long threads")
+    p.add_argument("--batch-sizes", type=_int_list, default=(1, 2, 4, 8, 16, 32, 64),
+                   help="in-process batch sizes, comma-separated")
+    p.add_argument("--single-pairs", type=int, default=100, help="interleaved single calls at concurrency 1")
+    p.add_argument("--concurrency", type=_int_list, default=(8, 32), help="closed-loop levels, comma-separated")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
+    p.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda:0")
+    p.add_argument("--out", type=Path, default=Path("artifacts/benchmark.json"), help="JSON figures")
+
+
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
     add_demo_bundle, add_build, add_serve, add_import_seed, add_calibrate, add_predict, add_schema, add_loadtest,
-    add_demo,
+    add_demo, add_benchmark,
 )
 
 

@@ -57,6 +57,11 @@ class LookupTable:
             raise ValueError("lookup table raw scores must be sorted ascending")
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
+        # Per-segment rise and run, computed once. A zero-width segment gets run = inf, so
+        # its interpolation term is 0 and it yields y0, as the seed's x1 == x0 rule says.
+        width = np.diff(x)
+        object.__setattr__(self, "_rise", np.diff(y))
+        object.__setattr__(self, "_run", np.where(width == 0, np.inf, width))
 
     @classmethod
     def from_points(cls, points: Sequence[Sequence[float]], sort: bool = False) -> "LookupTable":
@@ -75,15 +80,15 @@ class LookupTable:
         x, y = self.x, self.y
         if x.size == 1:
             return np.full(raw.shape, y[0])
+        flat = raw.reshape(-1)
         # First k with x[k] >= raw: the seed's first bracketing segment is (k-1, k).
-        k = np.clip(np.searchsorted(x, raw, side="left"), 1, x.size - 1)
-        x0, x1, y0, y1 = x[k - 1], x[k], y[k - 1], y[k]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
-        out = np.where(x1 == x0, y0, out)
-        out = np.where(raw >= x[-1], y[-1], out)
-        out = np.where(raw <= x[0], y[0], out)
-        return np.where(np.isnan(raw), y[-1], out)
+        segment = x.searchsorted(flat, side="left").clip(1, x.size - 1) - 1
+        # Same operations in the same order as the seed's y0 + (y1 - y0) * (raw - x0) / (x1 - x0).
+        out = y[segment] + self._rise[segment] * (flat - x[segment]) / self._run[segment]
+        out[flat >= x[-1]] = y[-1]
+        out[flat <= x[0]] = y[0]
+        out[np.isnan(flat)] = y[-1]
+        return out.reshape(raw.shape)
 
 
 class TaskCalibration(ABC):

@@ -1,14 +1,21 @@
 """Runs ``model.pt`` (TorchScript) on numpy batches: the only module that imports torch."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# Before torch loads OpenMP: idle intra-op threads sleep instead of spinning. The model
+# shares the CPU with the Python steps and the frontends, and spinning threads took it
+# from them (calibrator 1.5 -> 4.5 ms per request on 2 cores; docs/performance.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
 from typing import Sequence
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from .contract import TOKEN_RANGE_ERROR
-from .errors import InputError
+from .contract import TOKEN_RANGE_ERROR  # noqa: E402
+from .errors import InputError  # noqa: E402
 
 
 def pick_device(requested: str = "auto") -> torch.device:

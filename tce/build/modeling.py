@@ -149,24 +149,38 @@ class BertEncoder(nn.Module):
 
 class ChunkedTextEncoder(nn.Module):
     """[batch, chunks, length] tokens -> [batch, hidden]: mean over tokens, then
-    mean over the chunks that hold text. Empty chunks are never encoded and every
-    batch is trimmed to its longest chunk, so padding costs no compute."""
+    mean over the chunks that hold text.
+
+    With ``trim`` (the served path) padding costs no compute: the chunks that hold
+    text are packed, the batch is cut after its last real position, and the pooled
+    rows are scattered back. Without it every position of every chunk is encoded
+    (the naive fixed-padding forward the benchmark compares against); the outputs
+    agree within float rounding."""
 
     def __init__(self, encoder: BertEncoder) -> None:
         super().__init__()
         self.encoder = encoder
         self.hidden_size = encoder.hidden_size
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, trim: bool = True) -> Tensor:
         batch, chunks, length = input_ids.shape
         flat_ids = input_ids.reshape(batch * chunks, length)
         flat_mask = attention_mask.reshape(batch * chunks, length)
-        lengths = flat_mask.sum(dim=1)
-        present = lengths > 0
-        rows = present.nonzero().squeeze(1)
-        longest = max(int(lengths.max()) if lengths.numel() > 0 else 1, 1)
-        mask = flat_mask[rows, :longest]
-        hidden = self.encoder(flat_ids[rows, :longest], mask)
+        present = (flat_mask > 0).any(dim=1)
+        if trim:
+            rows = present.nonzero().squeeze(1)
+            real_positions = (flat_mask > 0).any(dim=0).nonzero()
+            longest = int(real_positions.max()) + 1 if real_positions.numel() > 0 else 1
+            mask = flat_mask[rows, :longest]
+            attend = mask
+        else:
+            rows = torch.arange(batch * chunks, device=input_ids.device)
+            longest = length
+            mask = flat_mask
+            # An empty chunk attends to its first position, so attention has a key (no NaN); its weight stays 0.
+            attend = mask.clone()
+            attend[:, 0] = torch.where(present, attend[:, 0], torch.ones_like(attend[:, 0]))
+        hidden = self.encoder(flat_ids[rows, :longest], attend)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         per_chunk = torch.zeros(batch * chunks, self.hidden_size, dtype=hidden.dtype, device=hidden.device)
@@ -208,23 +222,29 @@ class MultimodalClassifier(nn.Module):
 
 
 class BimodalModel(nn.Module):
+    """The exported forward for one text field. ``trim_padding`` is the switch the
+    benchmark flips to time the naive fixed-padding forward of the same weights."""
+
     def __init__(self, core: MultimodalClassifier) -> None:
         super().__init__()
         self.core = core
+        self.trim_padding = True
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tabular: Tensor) -> Tensor:
-        return self.core.probabilities([self.core.text(input_ids, attention_mask)], tabular)
+        return self.core.probabilities([self.core.text(input_ids, attention_mask, self.trim_padding)], tabular)
 
 
 class TrimodalModel(nn.Module):
     def __init__(self, core: MultimodalClassifier) -> None:
         super().__init__()
         self.core = core
+        self.trim_padding = True
 
     def forward(self, primary_input_ids: Tensor, primary_attention_mask: Tensor, secondary_input_ids: Tensor,
                 secondary_attention_mask: Tensor, tabular: Tensor) -> Tensor:
-        return self.core.probabilities([self.core.text(primary_input_ids, primary_attention_mask),
-                                        self.core.text(secondary_input_ids, secondary_attention_mask)], tabular)
+        return self.core.probabilities(
+            [self.core.text(primary_input_ids, primary_attention_mask, self.trim_padding),
+             self.core.text(secondary_input_ids, secondary_attention_mask, self.trim_padding)], tabular)
 
 
 def wrap_for_export(core: MultimodalClassifier) -> nn.Module:

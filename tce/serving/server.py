@@ -262,6 +262,7 @@ class EmbeddedServer:
         env["LD_LIBRARY_PATH"] = _library_path()
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the libtorch host too (see tce_backends.model_runner)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True, preexec_fn=die_with_parent(os.getpid()))

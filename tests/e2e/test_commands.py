@@ -1,6 +1,7 @@
 """The commands a user types, run as subprocesses."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,6 +16,9 @@ from tce.serving.server import free_ports
 
 pytestmark = pytest.mark.e2e
 TCE = [sys.executable, "-m", "tce.cli"]
+SEED_004_SPEED_FIELDS = ("samples_tested", "avg_time_per_sample_ms", "std_time_per_sample_ms",
+                         "min_time_per_sample_ms", "max_time_per_sample_ms", "median_time_per_sample_ms",
+                         "throughput_samples_per_sec", "device")
 
 
 def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -85,3 +89,27 @@ def test_build_names_the_broken_bundle_part(built, tmp_path):
 def test_serve_refuses_a_missing_repository(tmp_path):
     result = run("serve", "--repository", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_benchmark_prints_the_three_ways_and_writes_seed_004_fields(built, tmp_path):
+    _, repository, _ = built
+    out = tmp_path / "benchmark.json"
+    result = run("benchmark", "--repository", str(repository), "--records", "24", "--batch-sizes", "1,4",
+                 "--single-pairs", "6", "--concurrency", "2", "--seconds", "1", "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for line in ("(a) model.pt in process, batch 4", "(b) fixed padding, batch 4", "(c) served, concurrency 2",
+                 "served saturation / in-process best", "added p50 at concurrency 1",
+                 "server statistics per request, saturation", "multimodal_model", "calibrator"):
+        assert line in result.stdout, result.stdout
+    figures = json.loads(out.read_text())
+    assert set(figures["speed_metrics"]) == {"in_process", "fixed_padding", "served_saturation",
+                                             "served_concurrency_1"}
+    for metrics in figures["speed_metrics"].values():
+        assert set(SEED_004_SPEED_FIELDS) <= set(metrics) and metrics["device"] == figures["device"]
+        assert metrics["samples_tested"] > 0 and metrics["throughput_samples_per_sec"] > 0
+        assert metrics["min_time_per_sample_ms"] <= metrics["median_time_per_sample_ms"] <= \
+            metrics["max_time_per_sample_ms"]
+    assert figures["served_by_concurrency"]["2"]["errors"] == 0
+    assert 0 < figures["real_token_share"] < 1  # the mix has padding for the model to skip
+    assert all(figures["ratios"][name] > 0 for name in ("served_vs_in_process_best", "served_vs_fixed_padding_best"))
+    assert figures["steps_saturation"]["multimodal_model"]["mean_batch"] >= 1

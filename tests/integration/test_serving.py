@@ -6,6 +6,7 @@ import concurrent.futures
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.integration
 STEPS = (graph.PREPROCESSOR, graph.MULTIMODAL_MODEL, graph.CALIBRATOR, DEFAULT_MODEL)
 
 
-def _assert_matches_reference(server, records, predictions):
-    reference = ReferencePipeline(server.bundle).predict(schema_for(server.bundle.manifest).encode(records))
+def _assert_matches_reference(server, records, predictions, model=None):
+    reference = ReferencePipeline(server.bundle, model).predict(schema_for(server.bundle.manifest).encode(records))
     assert len(predictions) == len(records)
     for task in server.bundle.manifest.tasks:
         raw = np.stack([p[task.name].raw for p in predictions])
@@ -58,6 +59,46 @@ def test_async_client_equals_reference_pipeline(bimodal_server, varied_records, 
             return await client.predict(varied_records[:96])
 
     _assert_matches_reference(bimodal_server, varied_records[:96], asyncio.run(run()))
+
+
+def _untrimmed_model(bundle):
+    """``model.pt`` computing every padded position: what the served, trimming model must equal."""
+    module = torch.jit.load(str(bundle.model_path)).eval()
+    module.trim_padding = False
+
+    def run(arrays):
+        with torch.inference_mode():
+            return module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).numpy()
+    return run
+
+
+TRIMMING_TEXTS = [  # (dialogue, events): empty text, one short chunk, both chunks full, and between
+    ("", ""),
+    ("buyer: where is my order", "login"),
+    ("buyer: the parcel never arrived and tracking is stuck " * 30, "login view pay " * 20),
+    ("seller: refund sent, please confirm " * 4, ""),
+]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("server_name", ["bimodal_server", "trimodal_server"])
+def test_trimmed_serving_equals_the_untrimmed_model(server_name, protocol, varied_records, request):
+    server = request.getfixturevalue(server_name)
+    schema = schema_for(server.bundle.manifest)
+    tabular = {name: varied_records[0][name] for name in schema.feature_order}
+    # zip stops at the server's text fields: the bimodal model reads the dialogue only
+    records = [{**tabular, **dict(zip(schema.text_fields, texts, strict=False))} for texts in TRIMMING_TEXTS]
+    preprocess = ReferencePipeline(server.bundle).steps[graph.PREPROCESSOR]
+    masks = preprocess.run(preprocess.validate(schema.encode(records)))["dialogue_attention_mask"]
+    chunks_used = (masks.sum(axis=2) > 0).sum(axis=1)
+    assert masks.shape[1] == 2 and list(chunks_used) == [1, 1, 2, 1]  # an empty text keeps [CLS][SEP]
+    assert masks[2].all() and 0 < masks[1].sum() < masks[3].sum() < masks.shape[2]
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with CalibratedClassifierClient(url, protocol=protocol) as client:
+        together = client.predict(records)  # one request: mixed lengths in one batch
+        alone = [client.predict([record])[0] for record in records]
+    for predictions in (together, alone):
+        _assert_matches_reference(server, records, predictions, model=_untrimmed_model(server.bundle))
 
 
 def test_trimodal_bundle_serves_and_matches_reference(trimodal_server, varied_records):

@@ -88,8 +88,9 @@ class StepModel:
 
     def _run_batch(self, accepted: list[tuple[int, Tensors]], responses: list[Any]) -> None:
         sizes = [next(iter(tensors.values())).shape[0] for _, tensors in accepted]
-        merged = {name: np.concatenate([tensors[name] for _, tensors in accepted])
-                  for name in accepted[0][1]}
+        # A lone request (the common case at low load) is run as it came: no copy in, no slicing out.
+        merged = accepted[0][1] if len(accepted) == 1 else {
+            name: np.concatenate([tensors[name] for _, tensors in accepted]) for name in accepted[0][1]}
         outputs = self.step.run(merged)
         bounds = np.cumsum([0, *sizes])
         wrong = {name: outputs[name].shape[:1] for name in self.step.output_names
@@ -97,10 +98,12 @@ class StepModel:
         if wrong:  # splitting would hand one request's rows to another
             raise RuntimeError(f"{self.name}: outputs {wrong} do not have the batch's {bounds[-1]} rows")
         self.after_run(outputs)
+        outputs = {name: np.ascontiguousarray(outputs[name], dtype=self.output_dtypes[name])
+                   for name in self.step.output_names}
         for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:], strict=True):
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(outputs[name][start:stop],
-                                                                  dtype=self.output_dtypes[name]))
-                       for name in self.step.output_names]
+            # Row slices of a C-contiguous array are contiguous views: no copy per request.
+            tensors = [pb_utils.Tensor(name, array if len(accepted) == 1 else array[start:stop])
+                       for name, array in outputs.items()]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def after_run(self, outputs: Tensors) -> None:

@@ -1,0 +1,1 @@
+"""Build: the demo model and data, and the Triton model repository a bundle becomes."""

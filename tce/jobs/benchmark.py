@@ -1,0 +1,401 @@
+"""``tce benchmark`` / ``make bench``: the served ensemble against the bare model, in one run.
+
+On one realistic record mix (short chats and long threads) it times
+
+(a) ``model.pt`` in process at each batch size: the ceiling;
+(b) the same weights with fixed full padding (``trim_padding`` off): the naive forward;
+(c) the served ensemble over gRPC with an async load generator: interleaved pairs of
+    single calls against the in-process batch-1 forward (concurrency 1), then a
+    closed loop at each concurrency level for a fixed time.
+
+It prints records/s and p50/p99 for each, the ratios the project targets and each
+step's queue and compute per request from Triton's statistics API, and writes seed
+004's ``speed_metrics`` fields for (a), (b) and (c) to a JSON file.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tce.build.demo_data import make_dataset
+from tce_backends import contract
+from tce_backends.bundle import MODEL_FILE, Manifest
+from tce_backends.errors import UsageError
+from tce_backends.graph import MULTIMODAL_MODEL, PREPROCESSOR
+from tce_backends.steps import PreprocessStep
+from tce_client.schema import EnsembleSchema
+
+MS = 1e3
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    repository: Path
+    records: int = 256
+    long_thread_share: float = 0.3
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    single_pairs: int = 100
+    concurrency: tuple[int, ...] = (8, 32)
+    seconds_per_level: float = 10.0
+    device: str = "auto"
+    model: str = contract.DEFAULT_ENSEMBLE
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (Path(self.repository) / MULTIMODAL_MODEL / "1" / MODEL_FILE).is_file():
+            raise UsageError(f"{self.repository} holds no {MULTIMODAL_MODEL}/1/{MODEL_FILE}; build it first "
+                             "(make build)")
+        if self.records < 1 or self.single_pairs < 1 or self.seconds_per_level <= 0:
+            raise UsageError("records, single_pairs and seconds_per_level must be positive")
+        if not 0 <= self.long_thread_share <= 1:
+            raise UsageError(f"long_thread_share must be in [0, 1], got {self.long_thread_share}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.concurrency or min(self.concurrency) < 1:
+            raise UsageError("batch sizes and concurrency levels must be positive integers")
+
+
+# --- the record mix ---------------------------------------------------------------------------------------------
+
+def record_mix(schema: EnsembleSchema, count: int, long_thread_share: float, seed: int) -> list[dict[str, Any]]:
+    """The demo's synthetic records; a share of them carry a long thread (several chats
+    joined, filling both chunks) in every text field."""
+    frame = make_dataset(count * 2, seed=seed)
+    chats = frame["dialogue"].tolist()
+    rng = np.random.default_rng(seed)
+    records = []
+    for index in range(count):
+        source = frame.iloc[index]
+        long_thread = rng.random() < long_thread_share
+        record: dict[str, Any] = {}
+        for text_field in schema.text_fields:
+            parts = rng.choice(len(chats), size=int(rng.integers(6, 14))) if long_thread else [index]
+            record[text_field] = "\n".join(chats[i] for i in parts)
+        for name in (*schema.numeric_features, *schema.categorical_features):
+            record[name] = source[name] if name in source else None
+        records.append(record)
+    return records
+
+
+def model_inputs(repository: Path, schema: EnsembleSchema, records: list[dict[str, Any]]) -> list[np.ndarray]:
+    """What the preprocessor step hands the model, in ``model.pt``'s argument order."""
+    version_dir = repository / PREPROCESSOR / "1"
+    manifest = Manifest.load(version_dir)
+    step = PreprocessStep.load(version_dir, manifest)
+    tensors = step.run(step.validate(schema.encode(records, allow_missing_fields=True)))
+    return [tensors[name] for name in contract.model_input_names(manifest.text_fields)]
+
+
+def real_token_share(inputs: Sequence[np.ndarray]) -> float:
+    masks = inputs[1:-1:2]  # (ids, mask) per text field, then tabular
+    return float(sum(m.sum() for m in masks) / sum(m.size for m in masks))
+
+
+# --- timing helpers ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Timings:
+    """Per-sample times (seconds) as seed 004 measures them, plus request latencies."""
+
+    per_sample: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    samples: int = 0
+    wall: float = 0.0
+    errors: int = 0
+
+    @property
+    def throughput(self) -> float:
+        return self.samples / self.wall if self.wall else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * MS if self.latencies else float("nan")
+
+    def speed_metrics(self, device: str) -> dict[str, Any]:
+        """Seed 004's ``speed_metrics`` fields; throughput is records over wall time."""
+        times = np.asarray(self.per_sample) * MS
+        return {"samples_tested": self.samples, "avg_time_per_sample_ms": float(times.mean()),
+                "std_time_per_sample_ms": float(times.std()), "min_time_per_sample_ms": float(times.min()),
+                "max_time_per_sample_ms": float(times.max()), "median_time_per_sample_ms": float(np.median(times)),
+                "throughput_samples_per_sec": self.throughput, "device": device}
+
+
+class InProcessModel:
+    """``model.pt`` on ``device``, timed the way seed 004 times a model."""
+
+    def __init__(self, path: Path, device: str, trim_padding: bool = True) -> None:
+        from tce_backends.model_runner import pick_device  # noqa: I001 - first: it sets torch's OpenMP wait policy
+
+        import torch
+
+        self.torch = torch
+        self.device = pick_device(device)
+        self.module = torch.jit.load(str(path), map_location=self.device).eval()
+        if hasattr(self.module, "trim_padding"):  # a model without it is its own fixed-padding baseline
+            self.module.trim_padding = trim_padding
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def __call__(self, arrays: Sequence[np.ndarray]) -> float:
+        """One forward; returns its seconds."""
+        tensors = [self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+        self._sync()
+        started = time.perf_counter()
+        with self.torch.inference_mode():
+            self.module(*tensors).cpu()
+        self._sync()
+        return time.perf_counter() - started
+
+    def time_batches(self, inputs: Sequence[np.ndarray], batch_size: int) -> Timings:
+        rows = inputs[0].shape[0]
+        self([a[:batch_size] for a in inputs])  # warm-up (shape specialisation, allocator)
+        timings = Timings()
+        for start in range(0, rows, batch_size):
+            batch = [a[start:start + batch_size] for a in inputs]
+            seconds = self(batch)
+            size = batch[0].shape[0]
+            timings.per_sample.append(seconds / size)
+            timings.latencies.append(seconds)
+            timings.samples += size
+            timings.wall += seconds
+        return timings
+
+
+# --- the served ensemble ----------------------------------------------------------------------------------------
+
+class ServedEnsemble:
+    """Raw ``tritonclient.grpc.aio`` requests, built before timing starts."""
+
+    def __init__(self, grpc_url: str, model: str, schema: EnsembleSchema, records: list[dict[str, Any]]) -> None:
+        import tritonclient.grpc.aio as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        self.client = grpcclient.InferenceServerClient(grpc_url)
+        self.model = model
+        self.requests = []
+        for record in records:
+            inputs = []
+            for name, array in schema.encode([record], allow_missing_fields=True).items():
+                tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+                tensor.set_data_from_numpy(np.ascontiguousarray(array))
+                inputs.append(tensor)
+            self.requests.append(inputs)
+
+    async def one(self, index: int) -> float:
+        started = time.perf_counter()
+        await self.client.infer(self.model, self.requests[index % len(self.requests)])
+        return time.perf_counter() - started
+
+    async def closed_loop(self, concurrency: int, seconds: float) -> Timings:
+        timings = Timings()
+        counter = iter(range(10 ** 12))
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                try:
+                    latency = await self.one(next(counter))
+                except Exception:  # noqa: BLE001 - refused or failed requests are counted, not fatal
+                    timings.errors += 1
+                    continue
+                timings.latencies.append(latency)
+                timings.per_sample.append(latency / concurrency)  # Little's law: time per record at this load
+                timings.samples += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        timings.wall = time.perf_counter() - started
+        return timings
+
+    async def statistics(self) -> dict[str, dict[str, float]]:
+        body = await self.client.get_inference_statistics(as_json=True)
+        return {s["name"]: _stat_totals(s) for s in body.get("model_stats", [])}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _stat_totals(stats: dict[str, Any]) -> dict[str, float]:
+    inference = stats.get("inference_stats", {})
+    totals = {part: float(inference.get(part, {}).get("ns", 0)) for part in (*STAT_PARTS, "success")}
+    totals["requests"] = float(inference.get("success", {}).get("count", 0))
+    totals["executions"] = float(stats.get("execution_count", 0))
+    totals["inferences"] = float(stats.get("inference_count", 0))
+    return totals
+
+
+def step_breakdown(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per model, between two snapshots: ms per request of each part, and the mean batch."""
+    breakdown = {}
+    for name, end in after.items():
+        start = before.get(name, {})
+        delta = {key: value - start.get(key, 0.0) for key, value in end.items()}
+        if delta["requests"] <= 0:
+            continue
+        per_request = {part: delta[part] / delta["requests"] / 1e6 for part in (*STAT_PARTS, "success")}
+        per_request["mean_batch"] = delta["inferences"] / delta["executions"] if delta["executions"] else 0.0
+        per_request["requests"] = delta["requests"]
+        breakdown[name] = per_request
+    return breakdown
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class BenchmarkResult:
+    device: str
+    real_token_share: float
+    in_process: dict[int, Timings]
+    fixed_padding: dict[int, Timings]
+    single_bare: Timings
+    single_served: Timings
+    served: dict[int, Timings]
+    steps_single: dict[str, dict]
+    steps_saturation: dict[str, dict]
+
+    @staticmethod
+    def _best(runs: dict[int, Timings]) -> tuple[int, Timings]:
+        return max(runs.items(), key=lambda item: item[1].throughput)
+
+    def ratios(self) -> dict[str, float]:
+        _, ceiling = self._best(self.in_process)
+        _, naive = self._best(self.fixed_padding)
+        _, served = self._best(self.served)
+        return {"served_vs_in_process_best": served.throughput / ceiling.throughput,
+                "served_vs_fixed_padding_best": served.throughput / naive.throughput,
+                "added_p50_ms_at_concurrency_1": self.single_served.percentile(50) - self.single_bare.percentile(50)}
+
+    def speed_metrics(self) -> dict[str, Any]:
+        (ceiling_batch, ceiling), (naive_batch, naive) = self._best(self.in_process), self._best(self.fixed_padding)
+        saturation_level, saturation = self._best(self.served)
+        return {
+            "in_process": {**ceiling.speed_metrics(self.device), "batch_size": ceiling_batch},
+            "fixed_padding": {**naive.speed_metrics(self.device), "batch_size": naive_batch},
+            "served_saturation": {**saturation.speed_metrics(self.device), "concurrency": saturation_level},
+            "served_concurrency_1": self.single_served.speed_metrics(self.device),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        def table(runs: dict[int, Timings]) -> dict[str, dict]:
+            return {str(k): {"records_per_s": t.throughput, "p50_ms": t.percentile(50), "p99_ms": t.percentile(99),
+                             "errors": t.errors} for k, t in runs.items()}
+
+        return {"speed_metrics": self.speed_metrics(), "ratios": self.ratios(), "device": self.device,
+                "real_token_share": self.real_token_share, "in_process_by_batch": table(self.in_process),
+                "fixed_padding_by_batch": table(self.fixed_padding), "served_by_concurrency": table(self.served),
+                "steps_concurrency_1": self.steps_single, "steps_saturation": self.steps_saturation}
+
+
+async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: EnsembleSchema, records: list[dict],
+                        inputs: list[np.ndarray], bare: InProcessModel, log: Callable[[str], None]) -> tuple:
+    served = ServedEnsemble(grpc_url, config.model, schema, records)
+    try:
+        for index in range(min(16, len(records))):  # warm-up: first calls pay lazy initialisation
+            await served.one(index)
+        single_bare, single_served = Timings(), Timings()
+        before = await served.statistics()
+        for pair in range(config.single_pairs):  # interleaved, so drift and noise hit both alike
+            index = pair % len(records)
+            seconds = bare([a[index:index + 1] for a in inputs])
+            single_bare.latencies.append(seconds)
+            single_bare.per_sample.append(seconds)
+            latency = await served.one(index)
+            single_served.latencies.append(latency)
+            single_served.per_sample.append(latency)
+        for timings in (single_bare, single_served):
+            timings.samples, timings.wall = len(timings.latencies), float(sum(timings.latencies))
+        steps_single = step_breakdown(before, await served.statistics())
+        log(f"(c) served, concurrency 1: {config.single_pairs} interleaved pairs done")
+        levels: dict[int, Timings] = {}
+        steps_saturation: dict[str, dict] = {}
+        for level in config.concurrency:
+            before = await served.statistics()
+            levels[level] = await served.closed_loop(level, config.seconds_per_level)
+            steps = step_breakdown(before, await served.statistics())
+            if not steps_saturation or levels[level].throughput >= max(t.throughput for t in levels.values()):
+                steps_saturation = steps
+            log(f"(c) served, concurrency {level}: {levels[level].throughput:.1f} records/s")
+        return single_bare, single_served, levels, steps_single, steps_saturation
+    finally:
+        await served.close()
+
+
+def run_benchmark(config: BenchmarkConfig, grpc_url: str | None = None,
+                  log: Callable[[str], None] = print) -> BenchmarkResult:
+    """Time (a) and (b) in process, then (c) against ``grpc_url`` or an embedded server."""
+    from tce.build.repository import schema_for
+
+    repository = Path(config.repository)
+    manifest = Manifest.load(repository / MULTIMODAL_MODEL / "1")
+    schema = schema_for(manifest)
+    records = record_mix(schema, config.records, config.long_thread_share, config.seed)
+    inputs = model_inputs(repository, schema, records)
+    share = real_token_share(inputs)
+    model_path = repository / MULTIMODAL_MODEL / "1" / MODEL_FILE
+    trimmed = InProcessModel(model_path, config.device)
+    padded = InProcessModel(model_path, config.device, trim_padding=False)
+    device = str(trimmed.device)
+    log(f"{len(records)} records ({config.long_thread_share:.0%} long threads), {share:.0%} of token positions "
+        f"real; device {device}")
+    in_process, fixed_padding = {}, {}
+    for batch_size in config.batch_sizes:
+        in_process[batch_size] = trimmed.time_batches(inputs, batch_size)
+        fixed_padding[batch_size] = padded.time_batches(inputs, batch_size)
+        log(f"(a) in process, batch {batch_size:>2}: {in_process[batch_size].throughput:8.1f} records/s   "
+            f"(b) fixed padding: {fixed_padding[batch_size].throughput:8.1f} records/s")
+
+    def phases(url: str) -> tuple:
+        return asyncio.run(_serve_phases(config, url, schema, records, inputs, trimmed, log))
+
+    if grpc_url:
+        served = phases(grpc_url)
+    else:
+        from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
+
+        with EmbeddedServer(ServerConfig(repository, *free_ports())) as server:
+            served = phases(server.config.grpc_url)
+    return BenchmarkResult(device, share, in_process, fixed_padding, *served)
+
+
+def _row(name: str, timings: Timings) -> str:
+    return (f"  {name:<34} {timings.throughput:9.1f} rec/s   p50 {timings.percentile(50):7.2f} ms   "
+            f"p99 {timings.percentile(99):7.2f} ms" + (f"   errors {timings.errors}" if timings.errors else ""))
+
+
+def format_report(result: BenchmarkResult) -> str:
+    lines = [f"device {result.device}; {result.real_token_share:.0%} of padded token positions are real", "",
+             "records/s and latency per call (in process: per batch; served: per single-record request)"]
+    lines += [_row(f"(a) model.pt in process, batch {b}", t) for b, t in result.in_process.items()]
+    lines += [_row(f"(b) fixed padding, batch {b}", t) for b, t in result.fixed_padding.items()]
+    lines += [_row("(a) batch-1 forward, paired", result.single_bare),
+              _row("(c) served, concurrency 1, paired", result.single_served)]
+    lines += [_row(f"(c) served, concurrency {c}", t) for c, t in result.served.items()]
+    ratios = result.ratios()
+    lines += ["", "targets",
+              f"  served saturation / in-process best   {ratios['served_vs_in_process_best']:6.2f}x   (target >= 0.95)",
+              f"  served saturation / fixed-padding best {ratios['served_vs_fixed_padding_best']:5.2f}x   "
+              "(target >= 1.3)",
+              f"  added p50 at concurrency 1            {ratios['added_p50_ms_at_concurrency_1']:6.2f} ms "
+              "(target <= 2)"]
+    for title, steps in (("concurrency 1", result.steps_single), ("saturation", result.steps_saturation)):
+        lines += ["", f"server statistics per request, {title} (ms)",
+                  f"  {'model':<22}{'queue':>8}{'input':>8}{'infer':>8}{'output':>8}{'total':>8}{'batch':>7}"]
+        for name, s in steps.items():
+            lines.append(f"  {name:<22}{s['queue']:8.2f}{s['compute_input']:8.2f}{s['compute_infer']:8.2f}"
+                         f"{s['compute_output']:8.2f}{s['success']:8.2f}{s['mean_batch']:7.1f}")
+    return "\n".join(lines)
+
+
+def write_json(result: BenchmarkResult, path: Path, config: BenchmarkConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            **result.to_json()}
+    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
