@@ -19,6 +19,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from tce_backends.errors import UsageError
 
 

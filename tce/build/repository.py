@@ -192,7 +192,7 @@ def schema_for(manifest: Manifest) -> EnsembleSchema:
         categorical_features=manifest.features.categorical_names,
         feature_order=manifest.features.names,
         tasks=tuple(TaskInfo(t.name, t.kind, t.classes,
-                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name))))
+                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name), strict=True)))
                     for t in manifest.tasks),
         inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
         outputs={"calibration_version": contract.CALIBRATION_VERSION,

@@ -17,18 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tce.build import demo_data
+from tce.build.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
+from tce.calibration.fitting import FitMethod, fit_task
+from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
 from tce_backends.bundle import Bundle, Manifest
 from tce_backends.calibration import Calibrator
+from tce_backends.errors import UsageError
 from tce_backends.features import FeatureLayout
 from tce_backends.tabular import RiskTable, TabularPreprocessor
 from tce_backends.tasks import TaskSpec, task_columns
 from tce_backends.text import TextFieldConfig, TextPreprocessor
-
-from tce.build import demo_data
-from tce.calibration.fitting import FitMethod, fit_task
-from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
-from tce.build.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
-from tce_backends.errors import UsageError
 
 EncoderChoice = Literal["minilm", "tiny"]
 TaskSet = Literal["abuse_reason", "abuse", "reason", "score_fields"]
@@ -165,7 +164,7 @@ def train_heads(core: MultimodalClassifier, embeddings: list[torch.Tensor], tabu
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=1e-2)
     losses = []
-    for task, y in zip(tasks, labels):
+    for task, y in zip(tasks, labels, strict=True):
         counts = torch.bincount(y, minlength=task.num_classes).clamp(min=1).float()
         weights = (counts.sum() / (task.num_classes * counts)).sqrt()
         losses.append(torch.nn.CrossEntropyLoss(weight=weights))
@@ -177,7 +176,7 @@ def train_heads(core: MultimodalClassifier, embeddings: list[torch.Tensor], tabu
         for start in range(0, rows, batch):
             index = order[start:start + batch]
             logits = core.head_logits([e[index] for e in embeddings], tabular[index])
-            loss = sum(fn(out, y[index]) for fn, out, y in zip(losses, logits, labels))
+            loss = sum(fn(out, y[index]) for fn, out, y in zip(losses, logits, labels, strict=True))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
