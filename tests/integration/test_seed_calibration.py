@@ -75,8 +75,12 @@ def test_calibration_swaps_live_under_load(binary_bundle, tmp_path, varied_recor
                 i = worker
                 while not stop.is_set() and time.monotonic() < deadline:
                     try:
+                        # Sent-at time: Triton's ensemble takes every step's model version when a
+                        # request starts (ensemble_scheduler.cc), so one sent before the swap may
+                        # come back later with the old version, rightly.
+                        sent = time.monotonic()
                         (prediction,) = client.predict([records[i % len(records)]])
-                        results.append((time.monotonic(), prediction.calibration_version))
+                        results.append((sent, prediction.calibration_version))
                     except Exception as error:  # noqa: BLE001 - every failure counts
                         failures.append(repr(error))
                     i += 4
