@@ -15,21 +15,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tce.build.modeling import real_length
 from tce_backends.text import TextPreprocessor
 
 TOLERANCE = 1e-5
 TRIM_ATTRIBUTE = "trim_padding"
-
-
-def _real_length(attention_mask: Tensor) -> int:
-    """One past the last position that holds a token in any row and chunk (at least 1)."""
-    real = (attention_mask > 0).flatten(0, 1).any(dim=0).nonzero()
-    return int(real.max()) + 1 if real.numel() > 0 else 1
 
 
 class TrimmedOneField(nn.Module):
@@ -40,7 +36,7 @@ class TrimmedOneField(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tabular: Tensor) -> Tensor:
         if self.trim_padding:
-            length = _real_length(attention_mask)
+            length = real_length(attention_mask)
             input_ids, attention_mask = input_ids[:, :, :length], attention_mask[:, :, :length]
         return self.inner(input_ids, attention_mask, tabular)
 
@@ -54,7 +50,7 @@ class TrimmedTwoFields(nn.Module):
     def forward(self, primary_input_ids: Tensor, primary_attention_mask: Tensor, secondary_input_ids: Tensor,
                 secondary_attention_mask: Tensor, tabular: Tensor) -> Tensor:
         if self.trim_padding:
-            first, second = _real_length(primary_attention_mask), _real_length(secondary_attention_mask)
+            first, second = real_length(primary_attention_mask), real_length(secondary_attention_mask)
             primary_input_ids, primary_attention_mask = (primary_input_ids[:, :, :first],
                                                          primary_attention_mask[:, :, :first])
             secondary_input_ids, secondary_attention_mask = (secondary_input_ids[:, :, :second],
@@ -95,7 +91,8 @@ def sample_batches(text: TextPreprocessor, num_features: int, seed: int = 0) -> 
     return [*alone, inputs]
 
 
-def _run(module: nn.Module, arrays: list[np.ndarray]) -> np.ndarray:
+def run_numpy(module: nn.Module, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """One CPU forward of ``module`` on numpy arrays in its argument order."""
     with torch.inference_mode():
         return module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).float().numpy()
 
@@ -112,7 +109,7 @@ def make_length_aware(model_path: Path, text: TextPreprocessor, num_features: in
         wrapped = torch.jit.script(WRAPPERS[fields](module))
         worst = 0.0
         for batch in sample_batches(text, num_features):
-            expected, got = _run(module, batch), _run(wrapped, batch)
+            expected, got = run_numpy(module, batch), run_numpy(wrapped, batch)
             if expected.shape != got.shape:
                 return TrimDecision(False, f"trimmed outputs have shape {got.shape}, untrimmed {expected.shape}")
             worst = max(worst, float(np.nan_to_num(np.abs(expected - got), nan=np.inf).max(initial=0.0)))

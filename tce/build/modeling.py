@@ -148,6 +148,13 @@ class BertEncoder(nn.Module):
         return encoder
 
 
+def real_length(attention_mask: Tensor) -> int:
+    """One past the last position that holds a token in any row and chunk (at least 1):
+    the sequence length a batch can be cut to without losing a token."""
+    real = (attention_mask > 0).reshape(-1, attention_mask.shape[-1]).any(dim=0).nonzero()
+    return int(real.max()) + 1 if real.numel() > 0 else 1
+
+
 class ChunkedTextEncoder(nn.Module):
     """[batch, chunks, length] tokens -> [batch, hidden]: mean over tokens, then
     mean over the chunks that hold text.
@@ -170,8 +177,7 @@ class ChunkedTextEncoder(nn.Module):
         present = (flat_mask > 0).any(dim=1)
         if trim:
             rows = present.nonzero().squeeze(1)
-            real_positions = (flat_mask > 0).any(dim=0).nonzero()
-            longest = int(real_positions.max()) + 1 if real_positions.numel() > 0 else 1
+            longest = real_length(flat_mask)
             mask = flat_mask[rows, :longest]
             attend = mask
         else:

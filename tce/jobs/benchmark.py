@@ -107,6 +107,12 @@ class Timings:
     wall: float = 0.0
     errors: int = 0
 
+    def add(self, latency: float, per_sample: float, samples: int = 1) -> None:
+        """One timed call: its latency, the time per record it stands for, its records."""
+        self.latencies.append(latency)
+        self.per_sample.append(per_sample)
+        self.samples += samples
+
     @property
     def throughput(self) -> float:
         return self.samples / self.wall if self.wall else 0.0
@@ -131,11 +137,13 @@ class InProcessModel:
 
         import torch
 
+        from tce.build.length_trim import TRIM_ATTRIBUTE, is_length_aware
+
         self.torch = torch
         self.device = pick_device(device)
         self.module = torch.jit.load(str(path), map_location=self.device).eval()
-        if hasattr(self.module, "trim_padding"):  # a model without it is its own fixed-padding baseline
-            self.module.trim_padding = trim_padding
+        if is_length_aware(self.module):  # a model without trimming is its own fixed-padding baseline
+            setattr(self.module, TRIM_ATTRIBUTE, trim_padding)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -159,9 +167,7 @@ class InProcessModel:
             batch = [a[start:start + batch_size] for a in inputs]
             seconds = self(batch)
             size = batch[0].shape[0]
-            timings.per_sample.append(seconds / size)
-            timings.latencies.append(seconds)
-            timings.samples += size
+            timings.add(seconds, seconds / size, size)
             timings.wall += seconds
         return timings
 
@@ -203,9 +209,7 @@ class ServedEnsemble:
                 except Exception:  # noqa: BLE001 - refused or failed requests are counted, not fatal
                     timings.errors += 1
                     continue
-                timings.latencies.append(latency)
-                timings.per_sample.append(latency / concurrency)  # Little's law: time per record at this load
-                timings.samples += 1
+                timings.add(latency, latency / concurrency)  # Little's law: time per record at this load
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -305,13 +309,11 @@ async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: Ensemble
         for pair in range(config.single_pairs):  # interleaved, so drift and noise hit both alike
             index = pair % len(records)
             seconds = bare([a[index:index + 1] for a in inputs])
-            single_bare.latencies.append(seconds)
-            single_bare.per_sample.append(seconds)
+            single_bare.add(seconds, seconds)
             latency = await served.one(index)
-            single_served.latencies.append(latency)
-            single_served.per_sample.append(latency)
+            single_served.add(latency, latency)
         for timings in (single_bare, single_served):
-            timings.samples, timings.wall = len(timings.latencies), float(sum(timings.latencies))
+            timings.wall = float(sum(timings.latencies))
         steps_single = step_breakdown(before, await served.statistics())
         log(f"(c) served, concurrency 1: {config.single_pairs} interleaved pairs done")
         levels: dict[int, Timings] = {}

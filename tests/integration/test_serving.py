@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from tce.build.length_trim import run_numpy
 from tce.build.repository import schema_for
 from tce_backends import graph
 from tce_backends.reference import ReferencePipeline
@@ -65,11 +67,7 @@ def _untrimmed_model(bundle):
     """``model.pt`` computing every padded position: what the served, trimming model must equal."""
     module = torch.jit.load(str(bundle.model_path)).eval()
     module.trim_padding = False
-
-    def run(arrays):
-        with torch.inference_mode():
-            return module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).numpy()
-    return run
+    return functools.partial(run_numpy, module)
 
 
 TRIMMING_TEXTS = [  # (dialogue, events): empty text, one short chunk, both chunks full, and between

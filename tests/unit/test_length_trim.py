@@ -7,12 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tce.build.length_trim import TOLERANCE, is_length_aware, make_length_aware, sample_batches
-
-
-def _run(module, arrays):
-    with torch.inference_mode():
-        return module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]).numpy()
+from tce.build.length_trim import TOLERANCE, is_length_aware, make_length_aware, run_numpy, sample_batches
 
 
 @pytest.mark.parametrize("bundle_name", ["bimodal_bundle", "trimodal_bundle"])
@@ -24,11 +19,11 @@ def test_trimmed_forward_equals_the_fixed_padding_forward(bundle_name, request):
     padded.trim_padding = False
     batches = sample_batches(bundle.text, len(bundle.manifest.features.names))
     for batch in batches:  # empty text, one chunk, both chunks full, mixed lengths in one batch
-        a, b = _run(trimmed, batch), _run(padded, batch)
+        a, b = run_numpy(trimmed, batch), run_numpy(padded, batch)
         assert np.isfinite(a).all() and np.abs(a - b).max() <= TOLERANCE
     mixed = batches[-1]
     for i in range(mixed[0].shape[0]):  # a record scores the same alone as beside longer ones
-        assert np.abs(_run(trimmed, [a[i:i + 1] for a in mixed]) - _run(trimmed, mixed)[i]).max() <= TOLERANCE
+        assert np.abs(run_numpy(trimmed, [a[i:i + 1] for a in mixed]) - run_numpy(trimmed, mixed)[i]).max() <= TOLERANCE
 
 
 class MaskedMean(nn.Module):
@@ -69,7 +64,7 @@ def test_a_model_from_elsewhere_is_wrapped_only_when_outputs_stay_the_same(
         assert "max difference" in decision.describe()
         untouched = torch.jit.load(str(tmp_path / "model.pt"))
         for batch in sample_batches(bimodal_bundle.text, features):
-            assert np.abs(_run(untouched.inner, batch) - _run(served, batch)).max() <= TOLERANCE
+            assert np.abs(run_numpy(untouched.inner, batch) - run_numpy(served, batch)).max() <= TOLERANCE
     else:
         assert "served untrimmed" in decision.describe() and "differ by up to" in decision.describe()
         assert path.read_bytes() == original

@@ -102,8 +102,7 @@ class StepModel:
                    for name in self.step.output_names}
         for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:], strict=True):
             # Row slices of a C-contiguous array are contiguous views: no copy per request.
-            tensors = [pb_utils.Tensor(name, array if len(accepted) == 1 else array[start:stop])
-                       for name, array in outputs.items()]
+            tensors = [pb_utils.Tensor(name, array[start:stop]) for name, array in outputs.items()]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
 
     def after_run(self, outputs: Tensors) -> None:
