@@ -285,28 +285,110 @@ def _predict(args: argparse.Namespace) -> int:
     from tce.jobs.predict import PredictJob, run_predict
 
     job = PredictJob(args.input, args.output, url=args.url, protocol=args.protocol, model=args.model,
-                     format=args.format, task=args.task, id_field=args.id_field,
-                     allow_missing_columns=args.allow_missing_columns)
-    count = run_predict(job)
-    print(f"{count} predictions written to {args.output}")
+                     format=args.format, task=args.task, id_field=args.id_field, keep_columns=args.keep_columns,
+                     allow_missing_columns=args.allow_missing_columns, chunk_rows=args.chunk_rows,
+                     max_in_flight=args.max_in_flight, restart=args.restart)
+    result = run_predict(job)
+    if result.finished_before:
+        print(f"{args.output} already holds this job's finished output; nothing to do (--restart scores again)")
+    else:
+        print(f"{result.rows} predictions written to {result.path} (this run scored {result.scored} records in "
+              f"{result.seconds:.1f} s, {result.records_per_s:.1f} records/s)")
     return 0
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    """Options every batch job through the server shares (predict, evaluate)."""
+    p.add_argument("--url", default=None, help="server address (if not given: localhost:8001, or :8000 for http)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="protocol to call the server with")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
+    p.add_argument("--id-field", default=None, help="ID column, written beside the predictions")
+    p.add_argument("--allow-missing-columns", action="store_true",
+                   help="score a model input missing from the file as missing in every row (default: an error "
+                        "naming the column and the closest one the file has)")
+    p.add_argument("--chunk-rows", type=int, default=1024,
+                   help="rows read, scored and saved at a time; a rerun after a failure continues from the last "
+                        "saved chunk")
+    p.add_argument("--max-in-flight", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--restart", action="store_true", help="discard a previous run's saved chunks and start over")
 
 
 def add_predict(commands: Commands) -> None:
     from tce.jobs.predict import FORMATS
 
-    p = _command(commands, "predict", "score a CSV/TSV/Parquet file on a running server", _predict)
-    p.add_argument("--input", type=Path, required=True, help="records to score: CSV, TSV or Parquet")
-    p.add_argument("--output", type=Path, required=True, help="file to write, format by extension")
-    p.add_argument("--url", default=None, help="server address (if not given: localhost:8000, or :8001 for grpc)")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="http", help="protocol to call the server with")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output layout")
+    p = _command(commands, "predict", "batch inference (seed 001): score CSV/TSV/Parquet files on a running "
+                 "server into an output directory; resumable", _predict)
+    p.add_argument("--input", type=Path, required=True,
+                   help="records to score: a CSV, TSV or Parquet file, or a directory of them")
+    p.add_argument("--output", type=Path, required=True,
+                   help="directory for inference_predictions.<format>, _SUCCESS and _HEALTH")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="output format (if not given: the input's); seed-json/seed-csv: seed 000's score fields")
     p.add_argument("--task", default=None, help="with seed formats: the task to format")
-    p.add_argument("--id-field", default=None, help="with table: keep only this input column")
-    p.add_argument("--allow-missing-columns", action="store_true",
-                   help="score a model input missing from the file as missing in every row (default: an error "
-                        "naming the column and the closest one the file has)")
+    p.add_argument("--keep-columns", action="store_true", help="keep every input column beside the predictions")
+    _add_batch_options(p)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tce.jobs.evaluate import EvaluateJob, run_evaluate
+
+    job = EvaluateJob(args.out, input=args.input, predictions=args.predictions, bundle=args.bundle,
+                      labels=_label_overrides(args.label),
+                      id_field=args.id_field, previous_score_field=args.previous_score_field,
+                      compare_task=args.compare_task, bins=args.bins, bootstrap_samples=args.bootstrap_samples,
+                      url=args.url, protocol=args.protocol, model=args.model, format=args.format,
+                      allow_missing_columns=args.allow_missing_columns, chunk_rows=args.chunk_rows,
+                      max_in_flight=args.max_in_flight, restart=args.restart)
+    report = run_evaluate(job)
+    print(report.summary, end="")
+    print(f"\nmetrics.json, metrics_summary.txt, plots and predictions of {report.records} records written to "
+          f"{report.out}")
+    return 0
+
+
+def add_evaluate(commands: Commands) -> None:
+    from tce.jobs.predict import TABLE_FORMATS
+
+    p = _command(commands, "evaluate", "model evaluation (seed 002): raw and calibrated metrics per task, plots, "
+                 "and comparison with a previous model", _evaluate)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="labelled records to score on a running server: a CSV, TSV or "
+                        "Parquet file, or a directory of them")
+    source.add_argument("--predictions", type=Path, help="an already scored, labelled predictions file "
+                        "(prob_class_<i> and calibrated_prob_class_<i> columns)")
+    p.add_argument("--out", type=Path, required=True, help="directory for metrics, plots and predictions")
+    p.add_argument("--bundle", type=Path, default=None, help="with --predictions: the bundle whose tasks and class "
+                   "names the file holds (if not given: tasks from the column names, labels as class indices)")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN",
+                   help="true-label column of a task (if not given: label, or label_<task> with several tasks)")
+    p.add_argument("--previous-score-field", default=None,
+                   help="a previous model's class-1 score column: compare the two models")
+    p.add_argument("--compare-task", default=None, help="the binary task the previous score belongs to "
+                   "(needed when there are several)")
+    p.add_argument("--bins", type=int, default=15, help="reliability bins (ECE, diagrams)")
+    p.add_argument("--bootstrap-samples", type=int, default=200, help="resamples for the comparison's intervals")
+    p.add_argument("--format", choices=TABLE_FORMATS, default=None, help="predictions file format (if not given: "
+                   "the input's)")
+    _add_batch_options(p)
+
+
+def _demo_data(args: argparse.Namespace) -> int:
+    from tce.build.demo_data import write_demo_records
+
+    frame = write_demo_records(args.out, rows=args.rows, seed=args.seed, labels=args.labels, kind=args.kind)
+    print(f"{len(frame)} records ({', '.join(frame.columns)}) written to {args.out}")
+    return 0
+
+
+def add_demo_data(commands: Commands) -> None:
+    p = _command(commands, "demo-data", "write synthetic records in the demo model's schema", _demo_data)
+    p.add_argument("--out", type=Path, required=True, help="file to write: .csv, .tsv or .parquet")
+    p.add_argument("--rows", type=int, default=1000, help="records to write")
+    p.add_argument("--seed", type=int, default=1, help="random seed (the demo model trained on seed 7)")
+    p.add_argument("--labels", action="store_true", help="add true labels (label_abuse, label_reason) and a weaker "
+                   "previous model's score (previous_abuse_score), for tce evaluate and tce calibrate fit")
+    p.add_argument("--kind", choices=("bimodal", "trimodal"), default="bimodal",
+                   help="the demo model's kind: trimodal records also carry the events text field")
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -366,8 +448,8 @@ def add_benchmark(commands: Commands) -> None:
 
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
-    add_demo_bundle, add_build, add_serve, add_import_seed, add_calibrate, add_predict, add_schema, add_loadtest,
-    add_demo, add_benchmark,
+    add_demo_bundle, add_demo_data, add_build, add_serve, add_import_seed, add_calibrate, add_predict, add_evaluate,
+    add_schema, add_loadtest, add_demo, add_benchmark,
 )
 
 

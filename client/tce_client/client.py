@@ -319,13 +319,19 @@ class AsyncCalibratedClassifierClient(_Common):
         return [prediction for part in parts for prediction in part]
 
     async def infer_arrays(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> list[Prediction]:
+        assert self.schema is not None
+        return _decode(self.schema, await self.infer_outputs(inputs, rows))
+
+    async def infer_outputs(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> dict[str, np.ndarray]:
+        """One request; the ensemble's output tensors by name (for columnar callers:
+        ``tce_client.results.output_columns``)."""
         infer_inputs, outputs = self._request(inputs, rows)
         try:
             result = await self._retry_async(lambda: self._client.infer(self.model, infer_inputs, outputs=outputs))
         except Exception as error:  # noqa: BLE001
             raise self._raise_for(error) from None
         assert self.schema is not None
-        return _decode(self.schema, {name: result.as_numpy(name) for name in self.schema.output_names})
+        return {name: result.as_numpy(name) for name in self.schema.output_names}
 
     async def close(self) -> None:
         await self._client.close()

@@ -44,3 +44,26 @@ def single_task_class_index(column: str) -> int | None:
     """``i`` of a one-task ``prob_class_<i>`` column, else None."""
     match = re.fullmatch(r"prob_class_(\d+)", column)
     return int(match.group(1)) if match else None
+
+
+def parse_probability_column(column: str) -> tuple[str | None, bool, int] | None:
+    """(task or None for the one-task naming, calibrated?, class index) of a
+    probability column, else None."""
+    match = re.fullmatch(r"(calibrated_)?prob_class_(\d+)", column)
+    if match:
+        return None, bool(match.group(1)), int(match.group(2))
+    match = re.fullmatch(r"(.+?)_(calibrated_)?prob_class_(\d+)", column)
+    if match:
+        return match.group(1), bool(match.group(2)), int(match.group(3))
+    return None
+
+
+def tasks_in_columns(columns: list[str]) -> dict[str | None, int]:
+    """The tasks whose raw ``prob_class_0 .. <k-1>`` columns a file holds, with k
+    (key None: the one-task naming)."""
+    indices: dict[str | None, set[int]] = {}
+    for column in columns:
+        parsed = parse_probability_column(str(column))
+        if parsed is not None and not parsed[1]:
+            indices.setdefault(parsed[0], set()).add(parsed[2])
+    return {task: len(found) for task, found in indices.items() if found == set(range(len(found))) and len(found) > 1}

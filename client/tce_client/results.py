@@ -1,12 +1,17 @@
-"""Typed results: one ``Prediction`` per record, one ``TaskResult`` per task."""
+"""Typed results: one ``Prediction`` per record, one ``TaskResult`` per task; and the
+same results as prediction-file columns (``tce_client.columns`` names them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import columns as names
+
+if TYPE_CHECKING:
+    from .schema import EnsembleSchema
 
 
 @dataclass(frozen=True)
@@ -37,23 +42,58 @@ class Prediction:
         return self.tasks[task]
 
 
-def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class TaskColumns:
+    """One task's results for many records, as arrays."""
+
+    name: str
+    raw: np.ndarray          # [records, classes]
+    calibrated: np.ndarray   # [records, classes]
+    label: np.ndarray        # [records] str
+    fallback: np.ndarray     # [records] bool
+
+
+def _texts(values: np.ndarray) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values.reshape(-1)], dtype=object)
+
+
+def prediction_columns(tasks: Sequence[TaskColumns], versions: np.ndarray) -> dict[str, np.ndarray]:
     """Seed 001's columns: ``prob_class_<i>`` and ``calibrated_prob_class_<i>`` for
-    a single-task model, ``<task>_prob_class_<i>`` (and calibrated) for several;
-    plus ``<task>_label``, ``<task>_calibration_fallback`` and the calibration version."""
-    columns: dict[str, list] = {}
-    for prediction in predictions:
-        single = len(prediction.tasks) == 1
-        for name, result in prediction.tasks.items():
-            classes = len(result.classes)
-            # per class, raw then calibrated: the seed's column order
-            for raw_column, calibrated_column, raw, calibrated in zip(
-                    names.probability_columns(name, classes, single),
-                    names.probability_columns(name, classes, single, calibrated=True),
-                    result.raw, result.calibrated, strict=True):
-                columns.setdefault(raw_column, []).append(float(raw))
-                columns.setdefault(calibrated_column, []).append(float(calibrated))
-            columns.setdefault(names.predicted_label_column(name), []).append(result.label)
-            columns.setdefault(names.fallback_column(name), []).append(result.calibration_fallback)
-        columns.setdefault(names.VERSION_COLUMN, []).append(prediction.calibration_version)
-    return pd.DataFrame(columns)
+    a single-task model, ``<task>_prob_class_<i>`` (and calibrated) for several,
+    per class raw then calibrated; then per task ``<task>_label`` and
+    ``<task>_calibration_fallback``; then the calibration version."""
+    single = len(tasks) == 1
+    columns: dict[str, np.ndarray] = {}
+    for task in tasks:
+        classes = task.raw.shape[1]
+        for index, (raw_column, calibrated_column) in enumerate(zip(
+                names.probability_columns(task.name, classes, single),
+                names.probability_columns(task.name, classes, single, calibrated=True), strict=True)):
+            columns[raw_column] = task.raw[:, index].astype(np.float64)
+            columns[calibrated_column] = task.calibrated[:, index].astype(np.float64)
+        columns[names.predicted_label_column(task.name)] = task.label
+        columns[names.fallback_column(task.name)] = task.fallback.astype(bool)
+    columns[names.VERSION_COLUMN] = versions
+    return columns
+
+
+def output_columns(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ensemble's output tensors for a batch of records -> prediction-file columns."""
+    fallback = outputs[schema.outputs["calibration_fallback"]]
+    tasks = [TaskColumns(task.name, outputs[task.outputs["raw"]], outputs[task.outputs["calibrated"]],
+                         _texts(outputs[task.outputs["label"]]), fallback[:, index])
+             for index, task in enumerate(schema.tasks)]
+    return prediction_columns(tasks, _texts(outputs[schema.outputs["calibration_version"]]))
+
+
+def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
+    """Typed predictions as a prediction file's columns (``prediction_columns``)."""
+    if not predictions:
+        return pd.DataFrame()
+    tasks = [TaskColumns(name, np.stack([p[name].raw for p in predictions]),
+                         np.stack([p[name].calibrated for p in predictions]),
+                         np.array([p[name].label for p in predictions], dtype=object),
+                         np.array([p[name].calibration_fallback for p in predictions], dtype=bool))
+             for name in predictions[0].tasks]
+    versions = np.array([p.calibration_version for p in predictions], dtype=object)
+    return pd.DataFrame(prediction_columns(tasks, versions))

@@ -18,8 +18,13 @@ from .results import Prediction, TaskResult
 
 
 def seed_record(result: TaskResult) -> dict[str, str]:
-    raw = [float(v) for v in result.raw]
-    calibrated = [float(v) for v in result.calibrated]
+    return seed_fields(result.raw, result.calibrated)
+
+
+def seed_fields(raw_scores: Sequence[float], calibrated_scores: Sequence[float]) -> dict[str, str]:
+    """One record's fields from its per-class raw and calibrated probabilities."""
+    raw = [float(v) for v in raw_scores]
+    calibrated = [float(v) for v in calibrated_scores]
     label = f"class-{raw.index(max(raw))}"
     if len(raw) == 2:
         return {"legacy-score": str(raw[1]), "calibrated-score": str(calibrated[1]), "output-label": label}

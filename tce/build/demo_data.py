@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from tce_backends.errors import UsageError
+
 REASONS = ("none", "item_not_received", "payment_fraud", "harassment")
 ABUSE_CLASSES = ("legit", "abusive")
 NUMERIC = ("order_amount", "account_age_days", "prior_claims", "seller_rating", "message_count")
@@ -149,3 +151,36 @@ def _events(rng: np.random.Generator, reason: str) -> list[str]:
     if rng.random() < 0.3:  # noisy logs: events from another story
         chain.append(str(rng.choice(EVENTS[REASONS[rng.integers(0, len(REASONS))]])))
     return chain
+
+
+PREVIOUS_SCORE = "previous_abuse_score"
+
+
+def demo_records(rows: int, seed: int = 1, labels: bool = False, kind: str = "bimodal") -> pd.DataFrame:
+    """Records in the demo model's input schema, for the README's walkthrough.
+
+    With ``labels``: ``label_abuse`` and ``label_reason`` as class names (the label
+    columns ``tce evaluate`` and ``tce calibrate fit`` look for with two tasks) and
+    ``previous_abuse_score``, a weaker model's abuse score to compare against.
+    """
+    if rows < 1:
+        raise UsageError(f"--rows must be >= 1, got {rows}")
+    frame = make_dataset(rows, seed=seed)
+    abuse, reason = frame.pop(SPEC.abuse).to_numpy(), frame.pop(SPEC.reason).to_numpy()
+    if kind == "bimodal":
+        frame = frame.drop(columns=[SPEC.events])
+    if labels:
+        rng = np.random.default_rng(seed + 1_000_003)
+        frame["label_abuse"] = np.array(ABUSE_CLASSES, dtype=object)[abuse]
+        frame["label_reason"] = np.array(REASONS, dtype=object)[reason]
+        logit = -1.6 + 1.0 * abuse + rng.normal(0.0, 1.2, size=rows)
+        frame[PREVIOUS_SCORE] = np.round(1.0 / (1.0 + np.exp(-logit)), 6)
+    return frame
+
+
+def write_demo_records(path, rows: int, seed: int = 1, labels: bool = False, kind: str = "bimodal") -> pd.DataFrame:
+    from tce.jobs.tables import write_frame
+
+    frame = demo_records(rows, seed, labels, kind)
+    write_frame(frame, path)
+    return frame

@@ -73,10 +73,15 @@ def label_column(task: TaskSpec, tasks: Sequence[TaskSpec], overrides: Mapping[s
     return overrides.get(task.name, true_label_column(task.name, len(tasks) == 1))
 
 
-def _labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
+def true_labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
+    """Class indices from a label column of class names or indices; a gap is an error."""
     if column not in frame:
         raise UsageError(f"no label column {column!r} for task {task.name!r} (use --label {task.name}=COLUMN)")
     values = frame[column]
+    empty = int(values.isna().sum())
+    if empty:
+        raise UsageError(f"label column {column!r} is empty in {empty} of {len(values)} rows; evaluate and fit "
+                         "on labelled rows only")
     if values.dtype == object or str(values.dtype).startswith("str"):
         lookup = {name: index for index, name in enumerate(task.classes)}
         unknown = sorted(set(values.astype(str)) - set(lookup))
@@ -106,9 +111,8 @@ def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", poi
     by_task = {c.task.name: c for c in score_columns(chosen, frame, single=len(all_tasks) == 1)}
     for task in chosen:
         scores = by_task[task.name].matrix(frame)
-        calibrations[task.name] = fit_task(task, scores, _labels(frame, task, label_column(task, all_tasks,
-                                                                                            labels or {})),
-                                           method, points)
+        truth = true_labels(frame, task, label_column(task, all_tasks, labels or {}))
+        calibrations[task.name] = fit_task(task, scores, truth, method, points)
     calibrator = Calibrator(all_tasks, calibrations, label=label)
     target = bundle.root / CALIBRATION_DIR
     if target.exists():
@@ -212,7 +216,7 @@ def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[s
     for column in columns:
         task = column.task
         raw, calibrated = applied.raw[task.name], applied.calibrated[task.name]
-        truth = _labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
+        truth = true_labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
         results[task.name] = {"raw": task_metrics(raw, truth, bins),
                               "calibrated": task_metrics(calibrated, truth, bins)}
         figure, axis = plt.subplots(figsize=(5, 5))

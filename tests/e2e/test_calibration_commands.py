@@ -58,14 +58,15 @@ def test_seed_to_served_predictions_in_seed_format(binary_bundle, tmp_path):
     with EmbeddedServer(ServerConfig(repository, *ports, model_control_mode="explicit",
                                      load_models=("*",))) as server:
         make_dataset(30, seed=8).drop(columns=["abuse", "reason"]).to_csv(tmp_path / "records.csv", index=False)
-        tce("predict", "--url", server.config.http_url, "--input", str(tmp_path / "records.csv"),
-            "--output", str(tmp_path / "out.json"), "--format", "seed-json")
-        body = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+        tce("predict", "--url", server.config.http_url, "--protocol", "http", "--input", str(tmp_path / "records.csv"),
+            "--output", str(tmp_path / "json"), "--format", "seed-json")
+        body = json.loads((tmp_path / "json" / "inference_predictions.json").read_text(encoding="utf-8"))
         assert len(body["predictions"]) == 30
         assert set(body["predictions"][0]) == {"legacy-score", "calibrated-score", "output-label"}
         tce("predict", "--url", server.config.grpc_url, "--protocol", "grpc", "--input",
-            str(tmp_path / "records.csv"), "--output", str(tmp_path / "out.parquet"), "--id-field", "record_id")
-        table = pd.read_parquet(tmp_path / "out.parquet")
+            str(tmp_path / "records.csv"), "--output", str(tmp_path / "table"), "--format", "parquet",
+            "--id-field", "record_id")
+        table = pd.read_parquet(tmp_path / "table" / "inference_predictions.parquet")
         assert list(table.columns[:3]) == ["record_id", "prob_class_0", "calibrated_prob_class_0"]
         refused = tce("calibrate", "publish", "--bundle", str(tmp_path / "bundle"), "--repository",
                       str(repository), "--url", server.config.http_url, check=False)

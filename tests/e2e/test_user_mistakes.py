@@ -53,29 +53,29 @@ def test_a_misspelt_column_stops_before_scoring_and_names_the_fix(served, record
     server, _ = served
     frame = pd.read_csv(records_file).rename(columns={"dialogue": "dialog"})
     frame.to_csv(tmp_path / "typo.csv", index=False)
-    result = tce("predict", "--url", server.config.http_url, "--input", str(tmp_path / "typo.csv"),
-                 "--output", str(tmp_path / "out.csv"), "--id-field", "record_id")
+    result = tce("predict", "--url", server.config.grpc_url, "--input", str(tmp_path / "typo.csv"),
+                 "--output", str(tmp_path / "out"), "--id-field", "record_id")
     one_clear_line(result, "'dialogue'", "absent from every record", "'dialog'", "--allow-missing-columns")
-    assert not (tmp_path / "out.csv").exists()
-    allowed = tce("predict", "--url", server.config.http_url, "--input", str(tmp_path / "typo.csv"),
-                  "--output", str(tmp_path / "out.csv"), "--id-field", "record_id", "--allow-missing-columns")
+    assert not (tmp_path / "out").exists()
+    allowed = tce("predict", "--url", server.config.grpc_url, "--input", str(tmp_path / "typo.csv"),
+                  "--output", str(tmp_path / "out"), "--id-field", "record_id", "--allow-missing-columns")
     assert allowed.returncode == 0, allowed.stderr
-    assert "note: columns the model does not take were left out: dialog" in allowed.stdout
-    assert len(pd.read_csv(tmp_path / "out.csv")) == 40
+    assert "note: column 'dialog' is not a model input and is not kept" in allowed.stdout
+    assert len(pd.read_csv(tmp_path / "out" / "inference_predictions.csv")) == 40
 
 
 def test_seed_format_without_a_task_fails_before_scoring(served, records_file, tmp_path):
     server, _ = served
-    result = tce("predict", "--url", server.config.http_url, "--input", str(records_file),
-                 "--output", str(tmp_path / "out.json"), "--format", "seed-json")
+    result = tce("predict", "--url", server.config.grpc_url, "--input", str(records_file),
+                 "--output", str(tmp_path / "out"), "--format", "seed-json")
     one_clear_line(result, "--task", "abuse", "reason")
-    assert not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_id_field_the_file_lacks_is_named(served, records_file, tmp_path):
     server, _ = served
-    result = tce("predict", "--url", server.config.http_url, "--input", str(records_file),
-                 "--output", str(tmp_path / "out.csv"), "--id-field", "order_id")
+    result = tce("predict", "--url", server.config.grpc_url, "--input", str(records_file),
+                 "--output", str(tmp_path / "out"), "--id-field", "order_id")
     one_clear_line(result, "--id-field 'order_id'")
 
 
@@ -83,14 +83,14 @@ def test_an_id_field_the_file_lacks_is_named(served, records_file, tmp_path):
 def test_no_server_running(records_file, tmp_path, protocol):
     (port,) = free_ports(1)
     result = tce("predict", "--url", f"127.0.0.1:{port}", "--protocol", protocol, "--input", str(records_file),
-                 "--output", str(tmp_path / "out.csv"))
+                 "--output", str(tmp_path / "out"))
     one_clear_line(result, f"no server listens at 127.0.0.1:{port}")
 
 
 def test_a_url_with_a_scheme_is_accepted(served, records_file, tmp_path):
     server, _ = served
-    result = tce("predict", "--url", f"http://{server.config.http_url}/", "--input", str(records_file),
-                 "--output", str(tmp_path / "out.csv"))
+    result = tce("predict", "--url", f"http://{server.config.http_url}/", "--protocol", "http", "--input",
+                 str(records_file), "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
 
 
@@ -99,7 +99,7 @@ def test_the_other_protocols_port_is_named_as_such(served, records_file, tmp_pat
     server, _ = served
     url = server.config.grpc_url if port_of == "grpc" else server.config.http_url
     result = tce("predict", "--url", url, "--protocol", protocol, "--input", str(records_file),
-                 "--output", str(tmp_path / "out.csv"))
+                 "--output", str(tmp_path / "out"))
     one_clear_line(result, f"does not answer {protocol.upper()}", f"is it the {port_of.upper()} port")
 
 

@@ -1,0 +1,147 @@
+"""PNG plots of one task's scores: ROC and PR curves, score distributions per class,
+reliability diagrams with per-bin counts, and the comparison scatter.
+
+Binary tasks draw the class-1 score of each series (raw, calibrated, a previous
+model) on one axis; multiclass tasks draw one-vs-rest curves per class, one panel
+per series. Matplotlib runs headless (Agg).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as sk
+
+from tce.jobs.metrics import confidence_and_hits, reliability_bins
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass(frozen=True)
+class TaskScores:
+    task: str
+    classes: tuple[str, ...]
+    labels: np.ndarray                                   # class indices
+    series: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [records, classes]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path
+
+
+def _curves(scores: TaskScores, path: Path, kind: str) -> Path:
+    """ROC (``kind`` "roc") or precision-recall ("pr") curves."""
+    plt = _pyplot()
+    panels = [None] if scores.binary else list(scores.series)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        lines = ([(name, scores.labels == 1, probabilities[:, 1]) for name, probabilities in scores.series.items()]
+                 if panel is None else
+                 [(f"class {i} ({name})", scores.labels == i, scores.series[panel][:, i])
+                  for i, name in enumerate(scores.classes)])
+        for name, truth, score in lines:
+            if truth.all() or not truth.any():
+                continue  # a curve needs both outcomes
+            if kind == "roc":
+                x, y, _ = sk.roc_curve(truth, score)
+                area = sk.auc(x, y)
+            else:
+                y, x, _ = sk.precision_recall_curve(truth, score)
+                area = sk.average_precision_score(truth, score)
+            axis.plot(x, y, label=f"{name} ({'AUC' if kind == 'roc' else 'AP'} {area:.3f})")
+        if kind == "roc":
+            axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        axis.set_xlabel("false positive rate" if kind == "roc" else "recall")
+        axis.set_ylabel("true positive rate" if kind == "roc" else "precision")
+        axis.set_title(f"{'ROC' if kind == 'roc' else 'precision-recall'}: {scores.task}"
+                       + ("" if panel is None else f" ({panel}, one vs rest)"))
+        axis.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    return _save(figure, path)
+
+
+def roc_curves(scores: TaskScores, path: Path) -> Path:
+    return _curves(scores, path, "roc")
+
+
+def pr_curves(scores: TaskScores, path: Path) -> Path:
+    return _curves(scores, path, "pr")
+
+
+def score_distributions(scores: TaskScores, path: Path) -> Path:
+    """Per class: its score over the records of that class and over the others,
+    calibrated filled, raw outlined."""
+    plt = _pyplot()
+    shown = [1] if scores.binary else list(range(len(scores.classes)))
+    figure, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    bins = np.linspace(0, 1, 41)
+    for axis, i in zip(axes[0], shown, strict=True):
+        for member, colour in ((True, "tab:red"), (False, "tab:blue")):
+            rows = (scores.labels == i) == member
+            who = f"class {scores.classes[i]}" if member else "other classes"
+            if "calibrated" in scores.series:
+                axis.hist(scores.series["calibrated"][rows, i], bins=bins, alpha=0.45, color=colour,
+                          label=f"{who}, calibrated ({int(rows.sum())})")
+            if "raw" in scores.series:
+                axis.hist(scores.series["raw"][rows, i], bins=bins, histtype="step", color=colour, linestyle="--",
+                          label=f"{who}, raw")
+        axis.set_xlabel(f"score of class {scores.classes[i]}")
+        axis.set_ylabel("records")
+        axis.set_title(f"scores: {scores.task}")
+        axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def reliability_diagram(scores: TaskScores, path: Path, bins: int = 15) -> Path:
+    """Observed frequency against confidence per bin (top), records per bin (bottom)."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 7), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1.3]})
+    top.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    edges = np.linspace(0, 1, bins + 1)
+    width = 1 / bins / (len(scores.series) + 1)
+    for offset, (name, probabilities) in enumerate(scores.series.items()):
+        mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, scores.labels), bins)
+        used = counts > 0
+        top.plot(mean_conf[used], frequency[used], "o-", label=name)
+        bars = bottom.bar(edges[:-1] + (offset + 0.5) * width, counts, width=width, align="edge", label=name)
+        bottom.bar_label(bars, labels=[f"{int(c)}" if c else "" for c in counts], fontsize=6, rotation=90,
+                         padding=1)
+    top.set_ylabel("observed frequency")
+    top.set_title(f"reliability: {scores.task}")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_xlabel("class-1 probability" if scores.binary else "top-class confidence")
+    bottom.set_ylabel("records per bin")
+    bottom.set_xlim(0, 1)
+    bottom.margins(y=0.25)
+    return _save(figure, path)
+
+
+def comparison_scatter(task: str, labels: np.ndarray, new: np.ndarray, previous: np.ndarray, path: Path) -> Path:
+    """The new model's class-1 score against the previous model's, coloured by label."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for value, colour in ((0, "tab:blue"), (1, "tab:red")):
+        rows = labels == value
+        axis.scatter(previous[rows], new[rows], s=4, alpha=0.4, color=colour, label=f"label {value}")
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axis.set_xlabel("previous model's score")
+    axis.set_ylabel("new model's score (calibrated)")
+    axis.set_title(f"new vs previous: {task}")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
