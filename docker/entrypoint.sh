@@ -8,7 +8,25 @@
 #   TCE_ADMIN_KEY        the key itself, when no file is given
 #   TCE_WATCH_INTERVAL   seconds between canary inferences (default 10; 0: no watchdog)
 #   TCE_CANARY_URL       where the watchdog reaches Triton's HTTP endpoint (default localhost:8000)
+#
+# SageMaker starts a container as `docker run IMAGE serve`: then Triton runs in SageMaker mode
+# (GET /ping, POST /invocations on $SAGEMAKER_BIND_TO_PORT, default 8080) on the archive SageMaker
+# extracted to /opt/ml/model (`tce package-sagemaker`), /invocations running
+# $SAGEMAKER_TRITON_DEFAULT_MODEL_NAME (default calibrated_ensemble). Triton's own HTTP and gRPC
+# stay on loopback, and without a key file a random admin key is made for the container.
 set -eu
+
+if [ "${1:-}" = "serve" ]; then
+    shift
+    export SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-calibrated_ensemble}"
+    set -- "--model-repository=${SAGEMAKER_MODEL_DIR:-/opt/ml/model}" --allow-sagemaker=true \
+        "--sagemaker-port=${SAGEMAKER_BIND_TO_PORT:-8080}" --model-control-mode=explicit \
+        "--load-model=${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME}" --strict-readiness=true \
+        --http-address=127.0.0.1 --grpc-address=127.0.0.1 "$@"
+    if [ ! -e "${TCE_ADMIN_KEY_FILE:-/run/secrets/tce_admin_key}" ] && [ -z "${TCE_ADMIN_KEY:-}" ]; then
+        TCE_ADMIN_KEY="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+    fi
+fi
 
 key_file="${TCE_ADMIN_KEY_FILE:-/run/secrets/tce_admin_key}"
 if [ -r "$key_file" ]; then

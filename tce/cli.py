@@ -89,6 +89,32 @@ def add_build(commands: Commands) -> None:
     p.add_argument("--model-instances", type=int, default=1, help="instances of the model step")
 
 
+def _package_sagemaker(args: argparse.Namespace) -> int:
+    from tce.build.repository import RepositoryOptions
+    from tce.serving.sagemaker import package_sagemaker
+
+    out = package_sagemaker(args.bundle, args.out, handler=args.handler,
+                            options=RepositoryOptions(ensemble_name=args.ensemble_name))
+    what = (f"Triton model repository; serve it with the server image's 'serve' command and "
+            f"SAGEMAKER_TRITON_DEFAULT_MODEL_NAME={args.ensemble_name}" if args.handler == "triton"
+            else "bundle with code/inference.py for SageMaker's PyTorch serving containers")
+    print(f"{out} written ({out.stat().st_size / 1e6:.1f} MB): {what}")
+    return 0
+
+
+def add_package_sagemaker(commands: Commands) -> None:
+    from tce.serving.sagemaker import HANDLERS
+
+    p = _command(commands, "package-sagemaker", "package a bundle as a SageMaker model archive (model.tar.gz)",
+                 _package_sagemaker)
+    p.add_argument("bundle", type=Path, help="bundle directory (tce demo-bundle, tce import-seed)")
+    p.add_argument("out", type=Path, help="archive to write, e.g. model.tar.gz")
+    p.add_argument("--handler", choices=HANDLERS, default="triton",
+                   help="triton: the model repository for Triton's SageMaker mode; pytorch: the bundle with seed "
+                        "003's model_fn/input_fn/predict_fn/output_fn for SageMaker's PyTorch containers")
+    p.add_argument("--ensemble-name", default=DEFAULT_MODEL, help="with triton: the ensemble's name")
+
+
 def _import_seed(args: argparse.Namespace) -> int:
     from tce.seed.importer import ExtractionLimits, import_seed
 
@@ -135,7 +161,8 @@ def _serve(args: argparse.Namespace) -> int:
         host = args.host
     config = ServerConfig(args.repository, http_port, grpc_port, args.metrics_port, host=host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
-                          model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file))
+                          model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file),
+                          sagemaker_port=args.sagemaker_port if args.sagemaker else None, default_model=args.model)
     if args.gateway:
         gateway = Gateway(config.http_url, config.grpc_url, address=args.host, http_port=args.http_port,
                           grpc_port=args.grpc_port)
@@ -160,6 +187,11 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--load-model", action="append", default=[],
                    help="with explicit control, a model to load at start; '*' loads all")
     p.add_argument("--model-config-name", default="", help="alternative config name, e.g. libtorch")
+    p.add_argument("--sagemaker", action="store_true",
+                   help="also answer SageMaker's protocol (GET /ping, POST /invocations with a KServe v2 JSON body "
+                        "for --model) on --sagemaker-port, on every interface as Triton binds it")
+    p.add_argument("--sagemaker-port", type=int, default=8080, help="port of the SageMaker protocol")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="with --sagemaker: the model /invocations runs")
     p.add_argument("--log", type=Path, default=None, help="server log file (if not given: a temporary file)")
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="file holding the admin key for model control, shared memory, logging and trace "
@@ -465,8 +497,8 @@ def add_capacity(commands: Commands) -> None:
 
 
 COMMANDS: tuple[Callable[[Commands], None], ...] = (
-    add_demo_bundle, add_demo_data, add_build, add_serve, add_import_seed, add_calibrate, add_predict, add_evaluate,
-    add_schema, add_loadtest, add_demo, add_benchmark, add_capacity,
+    add_demo_bundle, add_demo_data, add_build, add_serve, add_import_seed, add_package_sagemaker, add_calibrate,
+    add_predict, add_evaluate, add_schema, add_loadtest, add_demo, add_benchmark, add_capacity,
 )
 
 

@@ -31,7 +31,7 @@ from tce_backends.errors import UsageError
 
 from .endpoints import host_port
 from .errors import InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError, ServerUnavailableError
-from .results import Prediction, TaskResult
+from .results import Prediction, predictions_from_outputs
 from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
 
 T = TypeVar("T")
@@ -65,24 +65,6 @@ def _parse_config(protocol: str, config: Any, model: str) -> tuple[EnsembleSchem
         raise ModelNotReadyError(f"model {model!r} publishes a '{SCHEMA_PARAMETER}' this client cannot read "
                                  f"({error!r}); rebuild the repository with this version's 'tce build'") from None
     return schema, int(config.get("max_batch_size", 0)) or 1
-
-
-def _decode(schema: EnsembleSchema, outputs: dict[str, np.ndarray]) -> list[Prediction]:
-    versions = outputs[schema.outputs["calibration_version"]].reshape(-1)
-    fallback = outputs[schema.outputs["calibration_fallback"]]
-    predictions = []
-    for row in range(versions.shape[0]):
-        tasks = {}
-        for index, task in enumerate(schema.tasks):
-            label = outputs[task.outputs["label"]][row, 0]
-            tasks[task.name] = TaskResult(
-                task=task.name, classes=task.classes, raw=outputs[task.outputs["raw"]][row],
-                calibrated=outputs[task.outputs["calibrated"]][row],
-                label=label.decode() if isinstance(label, bytes) else str(label),
-                calibration_fallback=bool(fallback[row, index]))
-        version = versions[row]
-        predictions.append(Prediction(tasks, version.decode() if isinstance(version, bytes) else str(version)))
-    return predictions
 
 
 def _slices(rows: int, size: int) -> list[slice]:
@@ -258,7 +240,7 @@ class CalibratedClassifierClient(_Common):
         except Exception as error:  # noqa: BLE001
             raise self._raise_for(error) from None
         assert self.schema is not None
-        return _decode(self.schema, {name: result.as_numpy(name) for name in self.schema.output_names})
+        return predictions_from_outputs(self.schema, {name: result.as_numpy(name) for name in self.schema.output_names})
 
     def close(self) -> None:
         self._client.close()
@@ -320,7 +302,7 @@ class AsyncCalibratedClassifierClient(_Common):
 
     async def infer_arrays(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> list[Prediction]:
         assert self.schema is not None
-        return _decode(self.schema, await self.infer_outputs(inputs, rows))
+        return predictions_from_outputs(self.schema, await self.infer_outputs(inputs, rows))
 
     async def infer_outputs(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> dict[str, np.ndarray]:
         """One request; the ensemble's output tensors by name (for columnar callers:

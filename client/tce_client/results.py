@@ -86,6 +86,25 @@ def output_columns(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) 
     return prediction_columns(tasks, _texts(outputs[schema.outputs["calibration_version"]]))
 
 
+def predictions_from_outputs(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) -> list[Prediction]:
+    """The ensemble's output tensors for a batch of records -> one ``Prediction`` per record."""
+    versions = outputs[schema.outputs["calibration_version"]].reshape(-1)
+    fallback = outputs[schema.outputs["calibration_fallback"]]
+    predictions = []
+    for row in range(versions.shape[0]):
+        tasks = {}
+        for index, task in enumerate(schema.tasks):
+            label = outputs[task.outputs["label"]][row, 0]
+            tasks[task.name] = TaskResult(
+                task=task.name, classes=task.classes, raw=outputs[task.outputs["raw"]][row],
+                calibrated=outputs[task.outputs["calibrated"]][row],
+                label=label.decode() if isinstance(label, bytes) else str(label),
+                calibration_fallback=bool(fallback[row, index]))
+        version = versions[row]
+        predictions.append(Prediction(tasks, version.decode() if isinstance(version, bytes) else str(version)))
+    return predictions
+
+
 def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
     """Typed predictions as a prediction file's columns (``prediction_columns``)."""
     if not predictions:

@@ -8,12 +8,17 @@ import difflib
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from tce_backends import contract
+
 from .errors import RecordError
+
+if TYPE_CHECKING:
+    from tce_backends.bundle import Manifest
 
 Records = Union[pd.DataFrame, Sequence[Mapping[str, Any]], Mapping[str, Any]]
 
@@ -171,3 +176,20 @@ def _strings(frame: pd.DataFrame, field: str, rows: int, text: bool) -> np.ndarr
             raise RecordError(index, field, f"expected text, got {type(column.iloc[index]).__name__}")
     encoded = column.map(lambda v: v if isinstance(v, bytes) else str(v).encode("utf-8"))
     return encoded.to_numpy(dtype=np.object_)
+
+
+def schema_for(manifest: "Manifest") -> EnsembleSchema:
+    """What the client learns from the server: published in the ensemble config,
+    with the tensor names, so that the client needs no copy of ``contract``."""
+    return EnsembleSchema(
+        text_fields=manifest.text_fields,
+        numeric_features=manifest.features.numeric_names,
+        categorical_features=manifest.features.categorical_names,
+        feature_order=manifest.features.names,
+        tasks=tuple(TaskInfo(t.name, t.kind, t.classes,
+                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name), strict=True)))
+                    for t in manifest.tasks),
+        inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
+        outputs={"calibration_version": contract.CALIBRATION_VERSION,
+                 "calibration_fallback": contract.CALIBRATION_FALLBACK},
+    )

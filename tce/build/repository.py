@@ -27,14 +27,13 @@ from typing import Callable, Mapping, Sequence
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from tce_backends import contract
 from tce_backends.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, Manifest
 from tce_backends.contract import TensorSpec
 from tce_backends.errors import UsageError
 from tce_backends.graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS, EnsembleGraph, ensemble_graph
 from tce_backends.text import TextFieldConfig
 from tce_client import DEFAULT_MODEL
-from tce_client.schema import SCHEMA_PARAMETER, EnsembleSchema, TaskInfo
+from tce_client.schema import SCHEMA_PARAMETER, schema_for
 
 LIBTORCH_CONFIG_NAME = "libtorch"
 MODEL_PY: Mapping[str, str] = {name: kind.model_class for name, kind in STEP_KINDS.items()}
@@ -183,23 +182,6 @@ class RepositoryOptions:
             raise UsageError(f"ensemble_name {self.ensemble_name!r} is empty or names a step")
 
 
-def schema_for(manifest: Manifest) -> EnsembleSchema:
-    """What the client learns from the server: published in the ensemble config,
-    with the tensor names, so that the client needs no copy of ``contract``."""
-    return EnsembleSchema(
-        text_fields=manifest.text_fields,
-        numeric_features=manifest.features.numeric_names,
-        categorical_features=manifest.features.categorical_names,
-        feature_order=manifest.features.names,
-        tasks=tuple(TaskInfo(t.name, t.kind, t.classes,
-                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name), strict=True)))
-                    for t in manifest.tasks),
-        inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
-        outputs={"calibration_version": contract.CALIBRATION_VERSION,
-                 "calibration_fallback": contract.CALIBRATION_FALLBACK},
-    )
-
-
 @dataclass(frozen=True)
 class RepositoryConfigs:
     preprocessor: StepConfig
@@ -309,7 +291,10 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
             shutil.rmtree(version_dir)
         write_step_version(bundle, step, version_dir)
     from tce.build.length_trim import make_length_aware  # torch, only here
+    from tce.build.model_check import check_probabilities
 
+    check_probabilities(out / MULTIMODAL_MODEL / str(version) / MODEL_FILE, bundle.text,
+                        len(bundle.manifest.features.names), bundle.manifest.tasks)
     say(make_length_aware(out / MULTIMODAL_MODEL / str(version) / MODEL_FILE, bundle.text,
                           len(bundle.manifest.features.names)).describe())
     (out / options.ensemble_name / str(version)).mkdir(parents=True, exist_ok=True)

@@ -333,7 +333,7 @@ async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: Ensemble
 def run_benchmark(config: BenchmarkConfig, grpc_url: str | None = None,
                   log: Callable[[str], None] = print) -> BenchmarkResult:
     """Time (a) and (b) in process, then (c) against ``grpc_url`` or an embedded server."""
-    from tce.build.repository import schema_for
+    from tce_client.schema import schema_for
 
     repository = Path(config.repository)
     manifest = Manifest.load(repository / MULTIMODAL_MODEL / "1")

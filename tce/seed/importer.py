@@ -319,6 +319,9 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
                             text_fields=tuple(f.name for f in fields), features=layout, tasks=tasks,
                             description=f"imported from seed artifacts at {source}")
         _check_model(root / "model.pt", 2 * len(fields) + 1)
+        from tce.build.model_check import check_probabilities  # torch, only here
+
+        check_probabilities(root / "model.pt", text, len(layout.names), tasks)
         Bundle.write(destination, manifest, root / "model.pt", text, tabular, Calibrator(tasks, calibrations))
     return ImportReport(destination, notes)
 

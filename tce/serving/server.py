@@ -67,14 +67,18 @@ class ServerConfig:
     startup_timeout_s: float = 180.0
     admin_key: str | None = None  # None: a fresh random key per server (EmbeddedServer.admin_key)
     extra_args: tuple[str, ...] = ()
+    # SageMaker's protocol (/ping, /invocations of default_model) on this port. Triton 2.51 binds it
+    # to every interface (no address option), as a SageMaker container needs.
+    sagemaker_port: int | None = None
+    default_model: str = DEFAULT_MODEL
 
     def __post_init__(self) -> None:
         repository = Path(self.model_repository)
         if not repository.is_dir():
             raise ServerError(f"model repository {repository} does not exist; build it first (make build)")
-        ports = (self.http_port, self.grpc_port, self.metrics_port)
-        if len(set(ports)) != 3 or not all(0 < p < 65536 for p in ports):
-            raise ServerError(f"ports must be three distinct values in 1..65535, got {ports}")
+        ports = tuple(self.ports.values())
+        if len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
+            raise ServerError(f"ports must be distinct values in 1..65535, got {ports}")
         if self.model_control_mode not in ("none", "explicit"):
             raise ServerError(f"model_control_mode must be 'none' or 'explicit', got {self.model_control_mode!r}")
         object.__setattr__(self, "model_repository", repository.resolve())
@@ -89,7 +93,12 @@ class ServerConfig:
 
     @property
     def ports(self) -> dict[str, int]:
-        return {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+        ports = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+        return ports if self.sagemaker_port is None else {**ports, "SageMaker": self.sagemaker_port}
+
+    @property
+    def sagemaker_url(self) -> str | None:
+        return None if self.sagemaker_port is None else f"{self.host}:{self.sagemaker_port}"
 
 
 def free_ports(count: int = 3) -> list[int]:
@@ -233,6 +242,8 @@ class EmbeddedServer:
                 f"--model-control-mode={c.model_control_mode}",
                 *restricted_api_args(self.admin_key)]
         args += [f"--load-model={name}" for name in c.load_models]
+        if c.sagemaker_port is not None:
+            args += ["--allow-sagemaker=true", f"--sagemaker-port={c.sagemaker_port}"]
         if c.model_config_name:
             args.append(f"--model-config-name={c.model_config_name}")
         return [*args, *c.extra_args]
@@ -263,6 +274,8 @@ class EmbeddedServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the libtorch host too (see tce_backends.model_runner)
+        if self.config.sagemaker_port is not None:
+            env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"] = self.config.default_model  # what /invocations runs
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
@@ -286,8 +299,12 @@ class EmbeddedServer:
                 if answering != self.server_id:  # another server on our port: never believe it
                     raise ServerError(f"another server ({answering!r}) answers on {self.config.http_url}")
                 with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
+                    ready = response.status == 200
+                if ready and self.config.sagemaker_url is not None:  # that frontend starts after HTTP's
+                    with urllib.request.urlopen(f"http://{self.config.sagemaker_url}/ping", timeout=2) as response:
+                        ready = response.status == 200
+                if ready:
+                    return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
                 pass
             time.sleep(0.25)
@@ -398,6 +415,9 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
                f"metrics http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
         print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
                f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
+        if config.sagemaker_port is not None:
+            print_(f"SageMaker protocol on port {config.sagemaker_port} of every interface (Triton binds it so): "
+                   f"GET /ping, POST /invocations runs '{config.default_model}'")
         if gateway is not None:
             gateway.start()
             print_(f"gateway ready: HTTP {gateway.address}:{gateway.http_port}, gRPC {gateway.address}:"

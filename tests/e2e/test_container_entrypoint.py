@@ -109,3 +109,53 @@ def test_restricted_server_watchdog_and_signals(image_like, bimodal_bundle, tmp_
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_serve_runs_sagemaker_mode_on_the_packaged_archive(image_like, bimodal_bundle, tmp_path):
+    """`docker run IMAGE serve`, as SageMaker starts a container, on the archive of
+    `tce package-sagemaker`: /ping answers and /invocations runs the ensemble."""
+    import json
+    import tarfile
+    import urllib.request
+
+    from tce.serving.sagemaker import package_sagemaker
+
+    package_sagemaker(bimodal_bundle.root, tmp_path / "model.tar.gz")
+    with tarfile.open(tmp_path / "model.tar.gz") as archive:
+        archive.extractall(tmp_path / "opt_ml_model", filter="data")
+    http, grpc, metrics, sagemaker = free_ports(4)
+    env = {**image_like, "SAGEMAKER_MODEL_DIR": str(tmp_path / "opt_ml_model"),
+           "SAGEMAKER_BIND_TO_PORT": str(sagemaker), "TCE_CANARY_URL": f"127.0.0.1:{http}",
+           "TCE_ADMIN_KEY_FILE": str(tmp_path / "no-such-key-file")}
+    log = tmp_path / "container.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(["sh", str(ENTRYPOINT), "serve", f"--http-port={http}", f"--grpc-port={grpc}",
+                                    f"--metrics-port={metrics}"], env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{sagemaker}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        body = {"inputs": [{"name": "dialogue", "shape": [1, 1], "datatype": "BYTES", "data": ["buyer: hi"]},
+                           {"name": "numeric_features", "shape": [1, 5], "datatype": "FP64",
+                            "data": [12.5, 100, 0, 4.5, 2]},
+                           {"name": "categorical_features", "shape": [1, 3], "datatype": "BYTES",
+                            "data": ["card", "US", "books"]}]}
+        request = urllib.request.Request(f"http://127.0.0.1:{sagemaker}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            names = {o["name"] for o in json.loads(response.read())["outputs"]}
+        assert {"abuse_raw", "abuse_calibrated", "reason_raw", "reason_calibrated"} <= names, names
+        assert "Started Sagemaker HTTPService" in log.read_text()
+        assert f"127.0.0.1:{http}" in log.read_text()  # Triton's own HTTP on loopback
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)

@@ -12,10 +12,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tce.build.length_trim import run_numpy
-from tce.build.repository import schema_for
 from tce_backends import graph
 from tce_backends.reference import ReferencePipeline
 from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedClassifierClient
+from tce_client.schema import schema_for
 
 pytestmark = pytest.mark.integration
 STEPS = (graph.PREPROCESSOR, graph.MULTIMODAL_MODEL, graph.CALIBRATOR, DEFAULT_MODEL)

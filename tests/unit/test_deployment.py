@@ -41,11 +41,12 @@ def _stages() -> dict[str, str]:
 
 
 def test_services_and_profiles():
-    assert set(SERVICES) == {"triton", "triton-cpu", "gateway", "locust"}
+    assert set(SERVICES) == {"triton", "triton-cpu", "triton-sagemaker", "gateway", "locust"}
     assert "profiles" not in SERVICES["triton"], "`docker compose up` must start the GPU server"
     assert "profiles" not in SERVICES["gateway"]
     assert SERVICES["triton-cpu"]["profiles"] == ["cpu"]
     assert SERVICES["locust"]["profiles"] == ["loadtest"]
+    assert SERVICES["triton-sagemaker"]["profiles"] == ["sagemaker"]
 
 
 def _published(service: dict) -> list[tuple[str, str, str]]:

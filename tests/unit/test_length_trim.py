@@ -32,12 +32,15 @@ class MaskedMean(nn.Module):
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(40000, 4)
-        self.head = nn.Linear(4 + num_features, 2)
+        self.head = nn.Linear(4 + num_features, 6)  # the bimodal bundle's tasks: abuse (2), reason (4)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return torch.cat([torch.softmax(logits[:, :2], dim=1), torch.softmax(logits[:, 2:], dim=1)], dim=1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tabular: Tensor) -> Tensor:
         weights = attention_mask.unsqueeze(-1).float()
         pooled = (self.embedding(input_ids) * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp(min=1.0)
-        return torch.softmax(self.head(torch.cat([pooled, tabular], dim=1)), dim=1)
+        return self.probabilities(self.head(torch.cat([pooled, tabular], dim=1)))
 
 
 class PaddingSensitive(MaskedMean):
@@ -46,7 +49,7 @@ class PaddingSensitive(MaskedMean):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tabular: Tensor) -> Tensor:
         pooled = (self.embedding(input_ids) * attention_mask.unsqueeze(-1).float()).sum(dim=(1, 2))
         pooled = pooled / float(input_ids.shape[1] * input_ids.shape[2])
-        return torch.softmax(self.head(torch.cat([pooled, tabular], dim=1)), dim=1)
+        return self.probabilities(self.head(torch.cat([pooled, tabular], dim=1)))
 
 
 @pytest.mark.parametrize("model_class, trimmed", [(MaskedMean, True), (PaddingSensitive, False)])
