@@ -2,14 +2,17 @@
 
 Reads, from a directory or a ``model.tar.gz``:
 
-    model.pt                 TorchScript model with this project's forward contract
+    model.pt                 TorchScript model with this project's forward contract, or
+    model.pth                a Lightning checkpoint, with model_artifacts.pth (its config), when the
+                             user names the class (--model-class; tce.seed.lightning)
     hyperparameters.json     model_class, text field names and steps, max_sen_len,
                              tab_field_list, cat_field_list, is_binary / num_classes,
                              optional score_fields (multi-task) and class names
     risk_table_map.pkl       {feature: {"bins": {category: value}, "default_bin": value}}
     impute_dict.pkl          {feature: value}
     feature_columns.txt      optional feature order, one name per line
-    tokenizer.json           HF fast tokenizer (or vocab.txt for a BERT WordPiece vocabulary)
+    tokenizer.json           HF fast tokenizer, or vocab.txt (lowercasing per its tokenizer_config.json),
+                             or the tokenizer hyperparameters.json names, found locally or installed
     calibration/             percentile_score.pkl | calibration_model.pkl |
                              calibration_models/calibration_model_class_<i>.pkl |
                              calibration_model_<score_field>.pkl
@@ -192,18 +195,53 @@ def _text_fields(hyper: Mapping[str, Any], kind: str) -> tuple[TextFieldConfig, 
     return (field(hyper["text_name"], hyper.get("text_processing_steps"), DEFAULT_PRIMARY_STEPS),)
 
 
-def _tokenizer_json(source: Path, hyper: Mapping[str, Any]) -> str:
-    for candidate in (source / "tokenizer.json", source / "tokenizer" / "tokenizer.json"):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    for candidate in (source / "vocab.txt", source / "tokenizer" / "vocab.txt"):
-        if candidate.is_file():
-            from tokenizers import BertWordPieceTokenizer
+def _wordpiece(vocab: Path, hyper: Mapping[str, Any]) -> str:
+    """A BERT WordPiece vocabulary as a fast tokenizer, lowercasing as its tokenizer config says."""
+    from tokenizers import BertWordPieceTokenizer
 
-            tokenizer = BertWordPieceTokenizer(str(candidate), lowercase=bool(hyper.get("do_lower_case", True)))
-            return tokenizer._tokenizer.to_str()  # the fast tokenizer's JSON form
-    raise SeedImportError("tokenizer", f"no tokenizer.json or vocab.txt in {source} (a hub name cannot be "
-                                       "downloaded here: ship the tokenizer files with the model)")
+    config = vocab.parent / "tokenizer_config.json"
+    lowercase = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case") if config.is_file() else None
+    if lowercase is None:
+        lowercase = hyper.get("do_lower_case")
+    if lowercase is None:
+        raise SeedImportError("vocab.txt", "cannot tell whether the tokenizer lowercases: put its "
+                                           "tokenizer_config.json (do_lower_case) beside it, or do_lower_case in "
+                                           "hyperparameters.json")
+    tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=bool(lowercase))
+    return tokenizer._tokenizer.to_str()  # the fast tokenizer's JSON form
+
+
+def _installed_tokenizer(name: str) -> str | None:
+    """A tokenizer named by its Hugging Face name, from an installed package or the local
+    cache; never downloaded."""
+    if name.rsplit("/", 1)[-1].lower() == "all-minilm-l6-v2":  # the package this project ships with
+        from tce.build.training import minilm_dir
+
+        return (minilm_dir() / "tokenizer.json").read_text(encoding="utf-8")
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, local_files_only=True).backend_tokenizer.to_str()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _tokenizer_json(source: Path, hyper: Mapping[str, Any]) -> str:
+    """tokenizer.json or vocab.txt shipped with the seed, else the tokenizer its config
+    names (``tokenizer``): a local directory, an installed package or the local cache."""
+    name = str(hyper.get("tokenizer") or "")
+    directories = [source, source / "tokenizer"] + ([Path(name)] if name and Path(name).is_dir() else [])
+    for directory in directories:
+        if (directory / "tokenizer.json").is_file():
+            return (directory / "tokenizer.json").read_text(encoding="utf-8")
+        if (directory / "vocab.txt").is_file():
+            return _wordpiece(directory / "vocab.txt", hyper)
+    found = _installed_tokenizer(name) if name else None
+    if found is not None:
+        return found
+    named = f"; the tokenizer {name!r} is neither a local directory nor installed" if name else ""
+    raise SeedImportError("tokenizer", f"no tokenizer.json or vocab.txt in {source}{named} (nothing is downloaded "
+                                       "at run time: ship the tokenizer files with the model)")
 
 
 @dataclass
@@ -268,15 +306,36 @@ def _unpack(source: Path, scratch: Path, limits: ExtractionLimits) -> Path:
     raise SeedImportError("seed", f"{source} is neither a directory nor a .tar.gz archive")
 
 
+def _model_source(root: Path, model_class: str | None) -> tuple[str, list[str]]:
+    """Which model file the import uses ("model.pt" or "model.pth"), and what it says about the other."""
+    if model_class:
+        missing = [f for f in ("model.pth", "model_artifacts.pth") if not (root / f).is_file()]
+        if missing:
+            raise SeedImportError("--model-class", f"imports a Lightning checkpoint, but {', '.join(missing)} "
+                                                   "is missing")
+        notes = ["model.pt ignored: --model-class imports model.pth"] if (root / "model.pt").is_file() else []
+        return "model.pth", notes
+    if (root / "model.pt").is_file():
+        notes = ["model.pth ignored: model.pt (TorchScript) is imported; --model-class imports the checkpoint "
+                 "instead"] if (root / "model.pth").is_file() else []
+        return "model.pt", notes
+    if (root / "model.pth").is_file():
+        raise SeedImportError("model.pth", "is a Lightning checkpoint: name the class that built it with "
+                                           "--model-class package.module:Class (or ship model.pt, TorchScript)")
+    return "model.pt", []
+
+
 def import_seed(source: Path | str, destination: Path | str, name: str | None = None,
-                limits: ExtractionLimits = ExtractionLimits()) -> ImportReport:
+                limits: ExtractionLimits = ExtractionLimits(), model_class: str | None = None) -> ImportReport:
     source, destination = Path(source), Path(destination)
     if not source.exists():
         raise SeedImportError("seed", f"{source} does not exist")
     with tempfile.TemporaryDirectory(prefix="tce-seed-") as scratch:
         root = _unpack(source, Path(scratch), limits)
         notes = [f"unknown file ignored: {p.name}" for p in sorted(root.iterdir()) if p.name not in KNOWN_FILES]
-        missing = [f for f in ("model.pt", "hyperparameters.json", "risk_table_map.pkl", "impute_dict.pkl")
+        model_file, model_notes = _model_source(root, model_class)
+        notes += model_notes
+        missing = [f for f in (model_file, "hyperparameters.json", "risk_table_map.pkl", "impute_dict.pkl")
                    if not (root / f).is_file()]
         if missing:
             raise SeedImportError("seed", f"missing {', '.join(missing)} in {source}")
@@ -318,11 +377,18 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
                             model_kind="",
                             text_fields=tuple(f.name for f in fields), features=layout, tasks=tasks,
                             description=f"imported from seed artifacts at {source}")
-        _check_model(root / "model.pt", 2 * len(fields) + 1)
+        model_path = root / "model.pt"
+        if model_file == "model.pth":
+            from tce.seed.lightning import export_lightning  # torch, only here
+
+            model_path = Path(scratch) / "exported_model.pt"
+            notes.append(export_lightning(root / "model.pth", root / "model_artifacts.pth", str(model_class), text,
+                                          layout.names, tasks, model_path))
+        _check_model(model_path, 2 * len(fields) + 1)
         from tce.build.model_check import check_probabilities  # torch, only here
 
-        check_probabilities(root / "model.pt", text, len(layout.names), tasks)
-        Bundle.write(destination, manifest, root / "model.pt", text, tabular, Calibrator(tasks, calibrations))
+        check_probabilities(model_path, text, len(layout.names), tasks)
+        Bundle.write(destination, manifest, model_path, text, tabular, Calibrator(tasks, calibrations))
     return ImportReport(destination, notes)
 
 

@@ -83,6 +83,13 @@ def test_vocab_txt_is_turned_into_a_fast_tokenizer(binary_bundle, tmp_path):
     write_seed(binary_bundle, tmp_path / "seed", "none")
     os.remove(tmp_path / "seed" / "tokenizer.json")
     (tmp_path / "seed" / "vocab.txt").write_bytes((minilm_dir() / "vocab.txt").read_bytes())
+    with pytest.raises(SeedImportError, match="cannot tell whether the tokenizer lowercases"):
+        import_seed(tmp_path / "seed", tmp_path / "refused")
+    (tmp_path / "seed" / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    cased = Bundle.load(import_seed(tmp_path / "seed", tmp_path / "cased").bundle)
+    assert cased.text.encode(binary_bundle.text.fields[0].name, ["PARCEL"]).input_ids.tolist() != \
+        binary_bundle.text.encode(binary_bundle.text.fields[0].name, ["PARCEL"]).input_ids.tolist()
+    (tmp_path / "seed" / "tokenizer_config.json").write_bytes((minilm_dir() / "tokenizer_config.json").read_bytes())
     imported = Bundle.load(import_seed(tmp_path / "seed", tmp_path / "bundle").bundle)
     texts = ["buyer: Where is my PARCEL?", "ünïcödé"]
     for field in binary_bundle.text.fields:
@@ -198,3 +205,24 @@ def test_links_out_of_the_seed_directory_are_refused(binary_bundle, tmp_path):
     (tmp_path / "seed" / "impute_dict.pkl").unlink()
     (tmp_path / "seed" / "impute_dict.pkl").symlink_to(inside)
     assert import_seed(tmp_path / "seed", tmp_path / "out").bundle == tmp_path / "out"
+
+
+def test_a_tokenizer_named_by_its_hub_name_is_found_locally_never_downloaded(binary_bundle, tmp_path):
+    import json
+
+    from tce.build.training import minilm_dir
+
+    write_seed(binary_bundle, tmp_path / "seed", "none")
+    os.remove(tmp_path / "seed" / "tokenizer.json")
+    hyper_path = tmp_path / "seed" / "hyperparameters.json"
+    hyper = json.loads(hyper_path.read_text())
+    hyper_path.write_text(json.dumps({**hyper, "tokenizer": "sentence-transformers/all-MiniLM-L6-v2"}))
+    imported = Bundle.load(import_seed(tmp_path / "seed", tmp_path / "installed").bundle)
+    assert imported.text.tokenizer_json == (minilm_dir() / "tokenizer.json").read_text()
+    hyper_path.write_text(json.dumps({**hyper, "tokenizer": str(minilm_dir())}))  # a local directory
+    assert Bundle.load(import_seed(tmp_path / "seed", tmp_path / "local").bundle).text.tokenizer_json == \
+        imported.text.tokenizer_json
+    hyper_path.write_text(json.dumps({**hyper, "tokenizer": "nobody/not-a-real-tokenizer-xyz"}))
+    with pytest.raises(SeedImportError, match="'nobody/not-a-real-tokenizer-xyz' is neither a local directory nor "
+                                              "installed.*nothing is downloaded"):
+        import_seed(tmp_path / "seed", tmp_path / "missing")
