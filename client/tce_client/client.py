@@ -67,7 +67,8 @@ def _parse_config(protocol: str, config: Any, model: str) -> tuple[EnsembleSchem
     return schema, int(config.get("max_batch_size", 0)) or 1
 
 
-def _slices(rows: int, size: int) -> list[slice]:
+def batch_slices(rows: int, size: int) -> list[slice]:
+    """Row ranges of at most ``size`` rows: one request each."""
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
@@ -227,7 +228,7 @@ class CalibratedClassifierClient(_Common):
         inputs = self._encode(records, allow_missing_fields)
         rows = next(iter(inputs.values())).shape[0]
         predictions: list[Prediction] = []
-        for part in _slices(rows, self.max_batch_size):
+        for part in batch_slices(rows, self.max_batch_size):
             predictions += self.infer_arrays(inputs, part)
         return predictions
 
@@ -297,7 +298,7 @@ class AsyncCalibratedClassifierClient(_Common):
             async with limit:
                 return await self.infer_arrays(inputs, part)
 
-        parts = await asyncio.gather(*(one(part) for part in _slices(rows, self.max_batch_size)))
+        parts = await asyncio.gather(*(one(part) for part in batch_slices(rows, self.max_batch_size)))
         return [prediction for part in parts for prediction in part]
 
     async def infer_arrays(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> list[Prediction]:

@@ -88,21 +88,26 @@ def output_columns(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) 
 
 def predictions_from_outputs(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) -> list[Prediction]:
     """The ensemble's output tensors for a batch of records -> one ``Prediction`` per record."""
-    versions = outputs[schema.outputs["calibration_version"]].reshape(-1)
+    versions = _texts(outputs[schema.outputs["calibration_version"]])
     fallback = outputs[schema.outputs["calibration_fallback"]]
-    predictions = []
-    for row in range(versions.shape[0]):
-        tasks = {}
-        for index, task in enumerate(schema.tasks):
-            label = outputs[task.outputs["label"]][row, 0]
-            tasks[task.name] = TaskResult(
-                task=task.name, classes=task.classes, raw=outputs[task.outputs["raw"]][row],
-                calibrated=outputs[task.outputs["calibrated"]][row],
-                label=label.decode() if isinstance(label, bytes) else str(label),
-                calibration_fallback=bool(fallback[row, index]))
-        version = versions[row]
-        predictions.append(Prediction(tasks, version.decode() if isinstance(version, bytes) else str(version)))
-    return predictions
+    labels = {task.name: _texts(outputs[task.outputs["label"]]) for task in schema.tasks}
+    return [Prediction({task.name: TaskResult(task=task.name, classes=task.classes,
+                                              raw=outputs[task.outputs["raw"]][row],
+                                              calibrated=outputs[task.outputs["calibrated"]][row],
+                                              label=labels[task.name][row],
+                                              calibration_fallback=bool(fallback[row, index]))
+                        for index, task in enumerate(schema.tasks)}, versions[row])
+            for row in range(versions.shape[0])]
+
+
+def output_column_names(schema: "EnsembleSchema") -> list[str]:
+    """The columns ``output_columns`` makes, in order, known before any record is scored."""
+    empty: dict[str, np.ndarray] = {schema.outputs["calibration_version"]: np.empty((0, 1), dtype=object),
+                                    schema.outputs["calibration_fallback"]: np.empty((0, len(schema.tasks)), bool)}
+    for task in schema.tasks:
+        empty[task.outputs["raw"]] = empty[task.outputs["calibrated"]] = np.empty((0, len(task.classes)))
+        empty[task.outputs["label"]] = np.empty((0, 1), dtype=object)
+    return list(output_columns(schema, empty))
 
 
 def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:

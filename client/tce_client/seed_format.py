@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from tce_backends.errors import UsageError
 
@@ -57,9 +57,28 @@ def to_seed_json(predictions: Sequence[Prediction], task: str | None = None) -> 
 def to_seed_csv(predictions: Sequence[Prediction], task: str | None = None) -> str:
     """One header line with the JSON field names, then one line per record."""
     name = _task(predictions, task)
-    rows = [seed_record(p[name]) for p in predictions]
+    return seed_csv([seed_record(p[name]) for p in predictions])
+
+
+def seed_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
+    """Every task's seed record: a task's fields alone for a one-task model, else
+    ``{task: fields}`` per record."""
+    if not predictions:
+        return []
+    tasks = list(predictions[0].tasks)
+    if len(tasks) == 1:
+        return [seed_record(p[tasks[0]]) for p in predictions]
+    return [{task: seed_record(p[task]) for task in tasks} for p in predictions]
+
+
+def seed_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Records as CSV with a header of their field names; several tasks' fields are
+    named ``<task>.<field>``."""
+    flat = [{f"{task}.{name}": value for task, fields in row.items() for name, value in fields.items()}
+            if any(isinstance(value, Mapping) for value in row.values()) else row for row in rows]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    if flat:
+        writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
     return buffer.getvalue()

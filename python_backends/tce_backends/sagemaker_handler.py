@@ -20,7 +20,6 @@ supported, which the container answers with an error status.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pandas as pd
 
 from tce_client.results import Prediction, predictions_from_outputs
 from tce_client.schema import EnsembleSchema, schema_for
-from tce_client.seed_format import seed_record
+from tce_client.seed_format import seed_csv, seed_rows
 
 from .bundle import Bundle
 from .errors import UsageError
@@ -115,28 +114,11 @@ def predict_fn(input_data: pd.DataFrame, model: LoadedEnsemble) -> list[Predicti
     return predictions_from_outputs(model.schema, outputs)
 
 
-def _rows(prediction: list[Prediction]) -> list[dict[str, Any]]:
-    if not prediction:
-        return []
-    tasks = list(prediction[0].tasks)
-    if len(tasks) == 1:
-        return [seed_record(p[tasks[0]]) for p in prediction]
-    return [{task: seed_record(p[task]) for task in tasks} for p in prediction]
-
-
 def output_fn(prediction: list[Prediction], accept: str) -> tuple[str, str]:
     """(body, content type) in seed 000's formats."""
     media = _media_type(accept, JSON)
-    rows = _rows(prediction)
     if media == JSON:
-        return json.dumps({"predictions": rows}), JSON
+        return json.dumps({"predictions": seed_rows(prediction)}), JSON
     if media == CSV:
-        flat = [{f"{task}.{name}": value for task, fields in row.items() for name, value in fields.items()}
-                if rows and isinstance(next(iter(row.values())), dict) else row for row in rows]
-        buffer = io.StringIO()
-        if flat:
-            writer = csv.DictWriter(buffer, fieldnames=list(flat[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(flat)
-        return buffer.getvalue(), CSV
+        return seed_csv(seed_rows(prediction)), CSV
     raise UnsupportedContentType(f"unsupported Accept {accept!r}; use one of {', '.join(RESPONSE_TYPES)}")

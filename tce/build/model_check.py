@@ -7,7 +7,6 @@ task's columns must be finite, non-negative and sum to 1 per row.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,18 +24,19 @@ class NotProbabilitiesError(UsageError):
     """The model's outputs are not per-task probabilities (logits, scores, a wrong width)."""
 
 
-def check_probabilities(model_path: Path, text: TextPreprocessor, num_features: int,
+def check_probabilities(module: torch.jit.ScriptModule, name: str, text: TextPreprocessor, num_features: int,
                         tasks: Sequence[TaskSpec]) -> None:
-    module = torch.jit.load(str(model_path), map_location="cpu").eval()
+    """``module``: the loaded model; ``name``: its file name, for the messages."""
+    module = module.eval()
     width = total_classes(tasks)
     for batch in sample_batches(text, num_features):
         try:
             outputs = run_numpy(module, batch)
         except (RuntimeError, torch.jit.Error) as error:
-            raise NotProbabilitiesError(f"{model_path.name}: the model fails on sample inputs: "
+            raise NotProbabilitiesError(f"{name}: the model fails on sample inputs: "
                                         f"{str(error).splitlines()[0]}") from None
         if outputs.ndim != 2 or outputs.shape[1] != width:
-            raise NotProbabilitiesError(f"{model_path.name}: outputs have shape {tuple(outputs.shape)}, expected "
+            raise NotProbabilitiesError(f"{name}: outputs have shape {tuple(outputs.shape)}, expected "
                                         f"[records, {width}] (the classes of {', '.join(t.name for t in tasks)})")
         for task, columns in task_columns(tasks).items():
             probabilities = outputs[:, columns]
@@ -45,6 +45,6 @@ def check_probabilities(model_path: Path, text: TextPreprocessor, num_features: 
                     np.abs(sums - 1).max() > SUM_TOLERANCE:
                 worst = float(sums[np.argmax(np.abs(np.nan_to_num(sums, nan=np.inf) - 1))])
                 raise NotProbabilitiesError(
-                    f"{model_path.name}: task {task!r} returns values in [{np.nanmin(probabilities):.3g}, "
+                    f"{name}: task {task!r} returns values in [{np.nanmin(probabilities):.3g}, "
                     f"{np.nanmax(probabilities):.3g}] with a row summing to {worst:.3g}: not probabilities "
                     "(logits?); end the forward with a softmax per task")

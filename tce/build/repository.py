@@ -290,13 +290,15 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
         if version_dir.exists():
             shutil.rmtree(version_dir)
         write_step_version(bundle, step, version_dir)
-    from tce.build.length_trim import make_length_aware  # torch, only here
+    import torch  # only here: building the configs needs no torch
+
+    from tce.build.length_trim import make_length_aware
     from tce.build.model_check import check_probabilities
 
-    check_probabilities(out / MULTIMODAL_MODEL / str(version) / MODEL_FILE, bundle.text,
+    model_path = out / MULTIMODAL_MODEL / str(version) / MODEL_FILE
+    check_probabilities(torch.jit.load(str(model_path), map_location="cpu"), MODEL_FILE, bundle.text,
                         len(bundle.manifest.features.names), bundle.manifest.tasks)
-    say(make_length_aware(out / MULTIMODAL_MODEL / str(version) / MODEL_FILE, bundle.text,
-                          len(bundle.manifest.features.names)).describe())
+    say(make_length_aware(model_path, bundle.text, len(bundle.manifest.features.names)).describe())
     (out / options.ensemble_name / str(version)).mkdir(parents=True, exist_ok=True)
     (out / options.ensemble_name / str(version) / ".gitkeep").touch()
     return out

@@ -17,7 +17,8 @@ import pandas as pd
 
 from tce.build.repository import write_step_version
 from tce.calibration.fitting import DEFAULT_POINTS, FitMethod, fit_task
-from tce.jobs.metrics import TaskMetrics, confidence_and_hits, metrics_table, reliability_bins, task_metrics
+from tce.jobs import plots
+from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
 from tce.jobs.tables import read_frame, write_frame
 from tce.serving.security import http_headers
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
@@ -204,11 +205,6 @@ def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.Da
 def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[str, str] | None = None,
            bins: int = 15) -> dict[str, dict[str, TaskMetrics]]:
     """Raw vs calibrated ECE, MCE, Brier, log-loss per task, and reliability diagrams."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     frame, calibrator, columns, applied, _ = _calibrate_file(calibration, input_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,20 +215,9 @@ def report(calibration: Path, input_path: Path, out_dir: Path, labels: Mapping[s
         truth = true_labels(frame, task, label_column(task, calibrator.tasks, labels or {}))
         results[task.name] = {"raw": task_metrics(raw, truth, bins),
                               "calibrated": task_metrics(calibrated, truth, bins)}
-        figure, axis = plt.subplots(figsize=(5, 5))
-        axis.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
-        for name, probabilities in (("raw", raw), ("calibrated", calibrated)):
-            mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, truth), bins)
-            used = counts > 0
-            ece = results[task.name][name].ece
-            axis.plot(mean_conf[used], frequency[used], "o-", label=f"{name} (ECE {ece:.3f})")
-        axis.set_xlabel("class-1 probability" if task.kind == "binary" else "top-class confidence")
-        axis.set_ylabel("observed frequency")
-        axis.set_title(f"reliability: {task.name}")
-        axis.legend(loc="upper left")
-        figure.tight_layout()
-        figure.savefig(out_dir / f"reliability_{task.name}.png", dpi=100)
-        plt.close(figure)
+        plots.reliability_diagram(plots.TaskScores(task.name, task.classes, truth,
+                                                   {"raw": raw, "calibrated": calibrated}),
+                                  out_dir / f"reliability_{task.name}.png", bins)
     summary = {t: {k: m.as_dict() for k, m in pair.items()} for t, pair in results.items()}
     (out_dir / "calibration_report.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return results

@@ -194,24 +194,22 @@ def evaluate_frame(job: EvaluateJob, frame: pd.DataFrame, tasks: tuple[TaskSpec,
     scores = target.scores
     comparison = {"task": target.spec.name, "previous_score_field": job.previous_score_field,
                   **evaluation.compare(scores.labels, scores.series["raw"][:, 1], scores.series["calibrated"][:, 1],
-                                       previous, job.bins, job.bootstrap_samples)}
+                                       previous, job.bins, job.bootstrap_samples, current=target.metrics)}
     scores.series["previous"] = np.stack([1 - previous, previous], axis=1)
     return evaluated, comparison
 
 
-def _draw(tasks: list[EvaluatedTask], comparison: dict[str, Any] | None, out: Path, bins: int) -> list[Path]:
-    drawn = []
+def _draw(tasks: list[EvaluatedTask], comparison: dict[str, Any] | None, out: Path, bins: int) -> None:
     for task in tasks:
         name = task.spec.name
-        drawn += [plots.roc_curves(task.scores, out / f"roc_{name}.png"),
-                  plots.pr_curves(task.scores, out / f"pr_{name}.png"),
-                  plots.score_distributions(task.scores, out / f"score_distribution_{name}.png"),
-                  plots.reliability_diagram(task.scores, out / f"reliability_{name}.png", bins)]
+        plots.roc_curves(task.scores, out / f"roc_{name}.png")
+        plots.pr_curves(task.scores, out / f"pr_{name}.png")
+        plots.score_distributions(task.scores, out / f"score_distribution_{name}.png")
+        plots.reliability_diagram(task.scores, out / f"reliability_{name}.png", bins)
         if comparison is not None and comparison["task"] == name:
             series = task.scores.series
-            drawn.append(plots.comparison_scatter(name, task.scores.labels, series["calibrated"][:, 1],
-                                                  series["previous"][:, 1], out / f"comparison_scatter_{name}.png"))
-    return drawn
+            plots.comparison_scatter(name, task.scores.labels, series["calibrated"][:, 1], series["previous"][:, 1],
+                                     out / f"comparison_scatter_{name}.png")
 
 
 def _finite(value: Any) -> Any:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 from scipy import stats
 from sklearn import metrics as sk
 
-from tce.jobs.metrics import confidence_and_hits, reliability_bins
+from tce.jobs.metrics import calibration_error
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 COMPARED = ("auroc", "average_precision", "f1_score", "log_loss", "brier", "ece")
@@ -36,15 +37,6 @@ Metrics = dict[str, float]
 def _defined(labels: np.ndarray) -> bool:
     """Ranking metrics need both a positive and a negative."""
     return len(np.unique(labels)) == 2
-
-
-def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, float]:
-    """(ECE, MCE) over equal-width bins: class-1 probability for two classes,
-    top-class confidence for more."""
-    mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, labels), bins)
-    used = counts > 0
-    gaps = np.abs(mean_conf[used] - frequency[used])
-    return float((gaps * counts[used]).sum() / counts.sum()), float(gaps.max())
 
 
 def binary_metrics(labels: np.ndarray, score: np.ndarray, bins: int = 15) -> Metrics:
@@ -180,14 +172,15 @@ def bootstrap_deltas(labels: np.ndarray, new: np.ndarray, previous: np.ndarray, 
 
 
 def compare(labels: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, previous: np.ndarray, bins: int = 15,
-            bootstrap_samples: int = 200) -> dict:
-    """The new model's class-1 scores (raw and calibrated) against a previous model's.
+            bootstrap_samples: int = 200, current: Mapping[str, Metrics] | None = None) -> dict:
+    """The new model's class-1 scores (raw and calibrated) against a previous model's;
+    ``current``: the new scores' ``binary_metrics`` by kind, when already computed.
     The tests use the raw score: it is the model's ranking, before calibration ties it."""
     labels = np.asarray(labels, dtype=np.int64)
     before = binary_metrics(labels, previous, bins)
     result: dict = {"previous": before}
     for kind, score in (("raw", raw), ("calibrated", calibrated)):
-        now = binary_metrics(labels, score, bins)
+        now = current[kind] if current is not None else binary_metrics(labels, score, bins)
         result[f"delta_{kind}"] = {name: now[name] - before[name] for name in COMPARED}
     result["pearson"] = float(stats.pearsonr(raw, previous).statistic)
     result["spearman"] = float(stats.spearmanr(raw, previous).statistic)

@@ -38,6 +38,15 @@ def reliability_bins(confidence: np.ndarray, hits: np.ndarray, bins: int = 15
     return mean_conf, frequency, counts
 
 
+def calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> tuple[float, float]:
+    """(ECE, MCE) over equal-width bins: class-1 probability for two classes,
+    top-class confidence for more."""
+    mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, labels), bins)
+    used = counts > 0
+    gaps = np.abs(mean_conf[used] - frequency[used])
+    return float((gaps * counts[used]).sum() / counts.sum()), float(gaps.max())
+
+
 def task_metrics(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> TaskMetrics:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
@@ -49,15 +58,11 @@ def task_metrics(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) 
         normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
         auroc = (roc_auc_score(labels, normalised, multi_class="ovr", labels=list(range(classes)))
                  if len(present) == classes else float("nan"))
-    confidence, hits = confidence_and_hits(probabilities, labels)
-    mean_conf, frequency, counts = reliability_bins(confidence, hits, bins)
-    used = counts > 0
-    gaps = np.abs(mean_conf[used] - frequency[used])
+    ece, mce = calibration_error(probabilities, labels, bins)
     onehot = np.eye(classes)[labels]
     brier = float(np.mean(((probabilities - onehot) ** 2).sum(axis=1)) / (2 if classes == 2 else 1))
     picked = np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return TaskMetrics(auroc=float(auroc), ece=float((gaps * counts[used]).sum() / counts.sum()),
-                       mce=float(gaps.max()), brier=brier, log_loss=float(-np.log(picked).mean()))
+    return TaskMetrics(auroc=float(auroc), ece=ece, mce=mce, brier=brier, log_loss=float(-np.log(picked).mean()))
 
 
 _HEADERS = {"auroc": ("AUROC", 7), "ece": ("ECE", 7), "mce": ("MCE", 7), "brier": ("Brier", 7),

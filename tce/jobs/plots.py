@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as sk
 
-from tce.jobs.metrics import confidence_and_hits, reliability_bins
+from tce.jobs.metrics import calibration_error, confidence_and_hits, reliability_bins
 
 
 def _pyplot() -> Any:
@@ -118,7 +118,8 @@ def reliability_diagram(scores: TaskScores, path: Path, bins: int = 15) -> Path:
     for offset, (name, probabilities) in enumerate(scores.series.items()):
         mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, scores.labels), bins)
         used = counts > 0
-        top.plot(mean_conf[used], frequency[used], "o-", label=name)
+        ece, _ = calibration_error(probabilities, scores.labels, bins)
+        top.plot(mean_conf[used], frequency[used], "o-", label=f"{name} (ECE {ece:.3f})")
         bars = bottom.bar(edges[:-1] + (offset + 0.5) * width, counts, width=width, align="edge", label=name)
         bottom.bar_label(bars, labels=[f"{int(c)}" if c else "" for c in counts], fontsize=6, rotation=90,
                          padding=1)

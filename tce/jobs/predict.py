@@ -31,8 +31,9 @@ from tce.jobs.progress import Progress
 from tce.jobs.tables import EXTENSIONS, TableSource, write_table_text
 from tce_backends.errors import TceError, UsageError
 from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, ClientError, RecordError, UnusedColumnsWarning
+from tce_client.client import batch_slices
 from tce_client.columns import probability_columns
-from tce_client.results import output_columns
+from tce_client.results import output_column_names, output_columns
 from tce_client.schema import EnsembleSchema
 from tce_client.seed_format import seed_fields
 
@@ -155,8 +156,7 @@ class _Runner:
     async def run(self) -> PredictResult:
         job = self.job
         started = time.monotonic()
-        client = AsyncCalibratedClassifierClient(job.url, protocol=job.protocol, model=job.model,  # type: ignore
-                                                 max_concurrency=job.max_in_flight)
+        client = AsyncCalibratedClassifierClient(job.url, protocol=job.protocol, model=job.model)  # type: ignore
         try:
             await client.connect()
             assert client.schema is not None
@@ -164,6 +164,10 @@ class _Runner:
             _check_task(job, schema)
             for unused in schema.check_fields(self.model_columns, self.job.allow_missing_columns):
                 self.note(f"note: column {unused!r} is not a model input and is not kept; it is left out")
+            clash = sorted(set(output_column_names(schema)) & set(self.kept))
+            if clash:
+                raise UsageError(f"the input already has prediction columns {clash}; drop them, or keep fewer "
+                                 "columns (--keep-columns keeps every input column)")
             kind = job.format or self.source.format
             name = output_name(job, self.source.format)
             self.directory = JobDirectory(job.output, self._identity(schema, kind), (name,), restart=job.restart)
@@ -241,8 +245,7 @@ class _Runner:
             progress.update(part.stop - part.start)
             return outputs
 
-        requests = [asyncio.create_task(one(slice(start, min(start + client.max_batch_size, rows))))
-                    for start in range(0, rows, client.max_batch_size)]
+        requests = [asyncio.create_task(one(part)) for part in batch_slices(rows, client.max_batch_size)]
         try:
             parts = await asyncio.gather(*requests)
         except BaseException:
@@ -250,10 +253,6 @@ class _Runner:
             raise
         outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         predictions = output_columns(schema, outputs)
-        clash = sorted(set(predictions) & set(self.kept))
-        if clash:
-            raise UsageError(f"the input already has prediction columns {clash}; drop them, or keep fewer "
-                             "columns (--keep-columns keeps every input column)")
         kept = [table.column(c) for c in self.kept]
         return pa.table([*kept, *(pa.array(v) for v in predictions.values())], names=[*self.kept, *predictions])
 

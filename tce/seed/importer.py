@@ -384,15 +384,16 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
             model_path = Path(scratch) / "exported_model.pt"
             notes.append(export_lightning(root / "model.pth", root / "model_artifacts.pth", str(model_class), text,
                                           layout.names, tasks, model_path))
-        _check_model(model_path, 2 * len(fields) + 1)
+        module = _check_model(model_path, 2 * len(fields) + 1)
         from tce.build.model_check import check_probabilities  # torch, only here
 
-        check_probabilities(model_path, text, len(layout.names), tasks)
+        check_probabilities(module, model_path.name, text, len(layout.names), tasks)
         Bundle.write(destination, manifest, model_path, text, tabular, Calibrator(tasks, calibrations))
     return ImportReport(destination, notes)
 
 
-def _check_model(path: Path, expected_inputs: int) -> None:
+def _check_model(path: Path, expected_inputs: int) -> Any:
+    """The loaded TorchScript model, once its forward takes ``expected_inputs`` tensors."""
     import torch
 
     try:
@@ -403,3 +404,4 @@ def _check_model(path: Path, expected_inputs: int) -> None:
     if len(arguments) != expected_inputs:
         raise SeedImportError("model.pt", f"forward takes {len(arguments)} tensors, expected {expected_inputs} "
                                           "(input_ids, attention_mask per text field, then tabular)")
+    return module

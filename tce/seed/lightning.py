@@ -31,17 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from tce.build.length_trim import run_numpy, sample_batches
-from tce_backends.errors import BundleError
+from tce.seed.importer import SeedImportError
 from tce_backends.tasks import TaskSpec
 from tce_backends.text import TextPreprocessor
 
 AGREEMENT = 1e-5
-
-
-def _seed_error(part: str, problem: str) -> BundleError:
-    from tce.seed.importer import SeedImportError
-
-    return SeedImportError(part, problem)
 
 
 def load_weights_only(path: Path) -> Any:
@@ -54,28 +48,28 @@ def load_weights_only(path: Path) -> Any:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError or RuntimeError
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _seed_error(path.name, f"cannot be read as weights only (tensors, arrays, plain containers): "
-                                     f"{first}") from None
+        raise SeedImportError(path.name, f"cannot be read as weights only (tensors, arrays, plain containers): "
+                                         f"{first}") from None
 
 
 def resolve_class(spec: str) -> type:
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
-        raise _seed_error("--model-class", f"expected package.module:Class, got {spec!r}")
+        raise SeedImportError("--model-class", f"expected package.module:Class, got {spec!r}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise _seed_error("--model-class", f"cannot import {module_name!r}: {error}") from None
+        raise SeedImportError("--model-class", f"cannot import {module_name!r}: {error}") from None
     found = getattr(module, class_name, None)
     if not isinstance(found, type) or not issubclass(found, nn.Module):
-        raise _seed_error("--model-class", f"{spec!r} is not an nn.Module class")
+        raise SeedImportError("--model-class", f"{spec!r} is not an nn.Module class")
     return found
 
 
 def _state_dict(checkpoint: Any) -> dict[str, Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise _seed_error("model.pth", "holds no state_dict of tensors (a Lightning checkpoint has 'state_dict')")
+        raise SeedImportError("model.pth", "holds no state_dict of tensors (a Lightning checkpoint has 'state_dict')")
     return state
 
 
@@ -93,12 +87,12 @@ def load_into(model: nn.Module, checkpoint: Any) -> None:
                 break
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        raise _seed_error("model.pth", f"weights do not fit the class: missing {missing[:5]}, unexpected "
-                                       f"{unexpected[:5]}")
+        raise SeedImportError("model.pth", f"weights do not fit the class: missing {missing[:5]}, unexpected "
+                                           f"{unexpected[:5]}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:  # shapes that do not fit
-        raise _seed_error("model.pth", f"weights do not fit the class: {' '.join(str(error).split())[:300]}") \
+        raise SeedImportError("model.pth", f"weights do not fit the class: {' '.join(str(error).split())[:300]}") \
             from None
 
 
@@ -147,12 +141,13 @@ def export_lightning(model_pth: Path, artifacts_pth: Path, model_class: str, tex
     artifacts = load_weights_only(artifacts_pth)
     config = artifacts.get("config") if isinstance(artifacts, dict) else None
     if not isinstance(config, dict):
-        raise _seed_error("model_artifacts.pth", "holds no 'config' dict to construct the model from")
+        raise SeedImportError("model_artifacts.pth", "holds no 'config' dict to construct the model from")
     cls = resolve_class(model_class)
     try:
         inner = cls(config)
     except Exception as error:  # noqa: BLE001 - the user's constructor
-        raise _seed_error("--model-class", f"{model_class}(config) failed: {type(error).__name__}: {error}") from None
+        raise SeedImportError("--model-class", f"{model_class}(config) failed: {type(error).__name__}: {error}") \
+            from None
     load_into(inner, load_weights_only(model_pth))
     wrapper = SeedForward(inner.eval(), [f.name for f in text.fields], features, tasks,
                           str(config.get("text_input_ids_key", "input_ids")),
@@ -164,11 +159,11 @@ def export_lightning(model_pth: Path, artifacts_pth: Path, model_class: str, tex
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks: constant per model, as meant
             traced = torch.jit.trace(wrapper, tuple(tensors), check_trace=False)
     except Exception as error:  # noqa: BLE001 - tracing the user's forward
-        raise _seed_error("model.pth", f"the model does not run on this project's inputs: "
-                                       f"{str(error).strip().splitlines()[0]}") from None
+        raise SeedImportError("model.pth", f"the model does not run on this project's inputs: "
+                                           f"{str(error).strip().splitlines()[0]}") from None
     worst = max(float(np.abs(run_numpy(wrapper, batch) - run_numpy(traced, batch)).max()) for batch in batches)
     if not worst <= AGREEMENT:
-        raise _seed_error("model.pth", f"TorchScript differs from the eager model by up to {worst:.2e} on sample "
-                                       "inputs: its forward has control flow tracing cannot keep")
+        raise SeedImportError("model.pth", f"TorchScript differs from the eager model by up to {worst:.2e} on sample "
+                                           "inputs: its forward has control flow tracing cannot keep")
     traced.save(str(out))
     return f"model.pth: {model_class} exported to TorchScript (eager and TorchScript agree within {worst:.1e})"

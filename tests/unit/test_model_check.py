@@ -30,8 +30,8 @@ def _save(module: nn.Module, path) -> None:
 
 
 def test_our_own_model_passes(binary_bundle):
-    check_probabilities(binary_bundle.model_path, binary_bundle.text, len(binary_bundle.manifest.features.names),
-                        binary_bundle.manifest.tasks)
+    check_probabilities(torch.jit.load(str(binary_bundle.model_path)), "model.pt", binary_bundle.text,
+                        len(binary_bundle.manifest.features.names), binary_bundle.manifest.tasks)
 
 
 def test_logits_and_a_wrong_width_stop_the_build(binary_bundle, tmp_path):
