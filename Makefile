@@ -49,6 +49,7 @@ serve: build
 # Served ensemble vs model.pt in process vs fixed padding, in one run (docs/performance.md).
 bench: build
 	$(BIN)/tce benchmark --repository $(REPOSITORY) --out artifacts/benchmark.json
+	$(BIN)/python -m benchmarks.gateway --repository $(REPOSITORY)
 
 # Lint first: pyflakes, pycodestyle, import order, bugbear and a complexity cap ([tool.ruff]).
 lint: $(STAMP)
@@ -66,7 +67,7 @@ test-integration: $(STAMP)
 # Hostile input and fault drills only (all of them also run in `make test`); see docs/security.md.
 FAULT_TESTS := tests/integration/test_hostile_input.py tests/integration/test_attack_table.py \
 	tests/integration/test_admin_security.py tests/integration/test_gateway.py tests/integration/test_overload.py \
-	tests/e2e/test_serve_lifecycle.py tests/e2e/test_container_entrypoint.py
+	tests/e2e/test_serve_lifecycle.py tests/e2e/test_container_entrypoint.py tests/e2e/test_fault_drills.py
 .PHONY: test-faults
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -q $(FAULT_TESTS)

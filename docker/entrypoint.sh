@@ -1,31 +1,45 @@
 #!/bin/sh
 # Entrypoint of the tce Triton images: tritonserver with its administrative endpoints
-# behind the admin key, plus a canary watchdog that stops the server when the ensemble
-# stops answering (a dead Python step leaves Triton "ready"), so the container exits
-# and `restart: unless-stopped` brings it back. See docs/security.md.
+# behind the admin key, restarted whenever it exits (at once, then after growing pauses,
+# at most TCE_MAX_RESTARTS times in 10 minutes), plus a canary watchdog that stops a
+# server whose ensemble stopped answering (a dead Python step leaves Triton "ready"), so
+# that it is restarted too. See docs/security.md.
 #
 #   TCE_ADMIN_KEY_FILE   file holding the key (default: the compose secret below)
 #   TCE_ADMIN_KEY        the key itself, when no file is given
 #   TCE_WATCH_INTERVAL   seconds between canary inferences (default 10; 0: no watchdog)
 #   TCE_CANARY_URL       where the watchdog reaches Triton's HTTP endpoint (default localhost:8000)
+#   TCE_MAX_RESTARTS     restarts within 10 minutes before the container gives up (default 5)
 #
-# SageMaker starts a container as `docker run IMAGE serve`: then Triton runs in SageMaker mode
-# (GET /ping, POST /invocations on $SAGEMAKER_BIND_TO_PORT, default 8080) on the archive SageMaker
-# extracted to /opt/ml/model (`tce package-sagemaker`), /invocations running
-# $SAGEMAKER_TRITON_DEFAULT_MODEL_NAME (default calibrated_ensemble). Triton's own HTTP and gRPC
-# stay on loopback, and without a key file a random admin key is made for the container.
+# SageMaker starts a container as `docker run IMAGE serve`: Triton then listens on loopback
+# only and the gateway (nginx + the checking door, tce_gateway) answers SageMaker's GET /ping
+# and POST /invocations on $SAGEMAKER_BIND_TO_PORT (default 8080), running
+# $SAGEMAKER_TRITON_DEFAULT_MODEL_NAME (default calibrated_ensemble) of the archive SageMaker
+# extracted to /opt/ml/model (`tce package-sagemaker`). Triton's own SageMaker listener, which
+# binds every interface and serves model management without a key, is never started. Without
+# a key file a random admin key is made for the container.
 set -eu
 
+gateway=""
 if [ "${1:-}" = "serve" ]; then
     shift
-    export SAGEMAKER_TRITON_DEFAULT_MODEL_NAME="${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-calibrated_ensemble}"
-    set -- "--model-repository=${SAGEMAKER_MODEL_DIR:-/opt/ml/model}" --allow-sagemaker=true \
-        "--sagemaker-port=${SAGEMAKER_BIND_TO_PORT:-8080}" --model-control-mode=explicit \
-        "--load-model=${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME}" --strict-readiness=true \
-        --http-address=127.0.0.1 --grpc-address=127.0.0.1 "$@"
+    model="${SAGEMAKER_TRITON_DEFAULT_MODEL_NAME:-calibrated_ensemble}"
+    http_port=8000
+    grpc_port=8001
+    for arg in "$@"; do
+        case "$arg" in
+            --http-port=*) http_port="${arg#--http-port=}" ;;
+            --grpc-port=*) grpc_port="${arg#--grpc-port=}" ;;
+        esac
+    done
+    set -- "--model-repository=${SAGEMAKER_MODEL_DIR:-/opt/ml/model}" --model-control-mode=explicit \
+        "--load-model=$model" --strict-readiness=true --http-address=127.0.0.1 --grpc-address=127.0.0.1 "$@"
     if [ ! -e "${TCE_ADMIN_KEY_FILE:-/run/secrets/tce_admin_key}" ] && [ -z "${TCE_ADMIN_KEY:-}" ]; then
         TCE_ADMIN_KEY="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
     fi
+    python3 -m tce_gateway --triton "127.0.0.1:$http_port,127.0.0.1:$grpc_port" --address 0.0.0.0 \
+        --http-port off --grpc-port off --sagemaker-port "${SAGEMAKER_BIND_TO_PORT:-8080}" --default-model "$model" &
+    gateway=$!
 fi
 
 key_file="${TCE_ADMIN_KEY_FILE:-/run/secrets/tce_admin_key}"
@@ -42,32 +56,67 @@ case "$key" in *[,:=]*) key="" ;; esac
 if [ "${#key}" -lt 16 ]; then
     echo "tce: no usable admin key (16+ characters without ',', ':' or '='): run 'make admin-key' to create" \
          "secrets/admin-key, or set TCE_ADMIN_KEY_FILE / TCE_ADMIN_KEY" >&2
+    [ -z "$gateway" ] || kill -TERM "$gateway" 2>/dev/null || true
     exit 64
 fi
 restricted="model-repository,shared-memory,logging,trace:tce-admin-key=$key"
 
-tritonserver "$@" "--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted" &
-server=$!
+server=""
 watchdog=""
 stopping=""
 # docker stop: end the watchdog first (a server shutting down must not look broken), then the server.
-trap 'stopping=1; [ -z "$watchdog" ] || kill -TERM "$watchdog" 2>/dev/null; kill -TERM "$server" 2>/dev/null || true' \
+trap 'stopping=1; [ -z "$watchdog" ] || kill -TERM "$watchdog" 2>/dev/null; [ -z "$server" ] || kill -TERM "$server" 2>/dev/null || true' \
     TERM INT
 
-if [ "${TCE_WATCH_INTERVAL:-10}" != "0" ]; then
-    # A dead step never finishes its in-flight requests: SIGKILL after 10 s rather than Triton's 30.
-    python3 -m tce_backends.canary --url "${TCE_CANARY_URL:-localhost:8000}" --watch "$server" \
-        --interval "${TCE_WATCH_INTERVAL:-10}" --grace 10 &
-    watchdog=$!
-fi
-
+max_restarts="${TCE_MAX_RESTARTS:-5}"
+restarts=0
+window_start=$(date +%s)
 status=0
-while kill -0 "$server" 2>/dev/null; do
-    wait "$server" && status=0 || status=$?
+while :; do
+    tritonserver "$@" "--http-restricted-api=$restricted" "--grpc-restricted-protocol=$restricted" &
+    server=$!
+    watchdog=""
+    if [ "${TCE_WATCH_INTERVAL:-10}" != "0" ]; then
+        # A dead step never finishes its in-flight requests: SIGKILL after 10 s rather than Triton's 30.
+        python3 -m tce_backends.canary --url "${TCE_CANARY_URL:-localhost:8000}" --watch "$server" \
+            --interval "${TCE_WATCH_INTERVAL:-10}" --grace 10 &
+        watchdog=$!
+    fi
+    while kill -0 "$server" 2>/dev/null; do
+        wait "$server" && status=0 || status=$?
+    done
+    broken=""
+    # The watchdog ends within a fraction of a second once the server is gone; 1 means it stopped it.
+    if [ -n "$watchdog" ] && ! wait "$watchdog"; then
+        broken=1
+    fi
+    [ -z "$stopping" ] || break
+    now=$(date +%s)
+    if [ $((now - window_start)) -gt 600 ]; then
+        restarts=0
+        window_start=$now
+    fi
+    restarts=$((restarts + 1))
+    if [ -n "$broken" ]; then
+        why="the ensemble stopped answering (the watchdog stopped it)"
+    else
+        why="tritonserver exited with status $status"
+    fi
+    if [ "$restarts" -gt "$max_restarts" ]; then
+        echo "tce: $why; gave up after $max_restarts restarts in 10 minutes" >&2
+        [ "$status" -ne 0 ] || status=70
+        break
+    fi
+    pause=0
+    [ "$restarts" -le 1 ] || pause=$((1 << (restarts - 2)))
+    echo "tce: $why; restarting it (restart $restarts of at most $max_restarts, after ${pause} s)" >&2
+    sleep "$pause" &
+    wait $! || true  # a signal ends the pause at once
+    [ -z "$stopping" ] || break
 done
-# The watchdog ends within a fraction of a second once the server is gone; 1 means it stopped it.
-if [ -z "$stopping" ] && [ -n "$watchdog" ] && ! wait "$watchdog"; then
-    echo "tce: the watchdog stopped a broken server; exiting so that the container restarts" >&2
-    [ "$status" -ne 0 ] || status=70
+if [ -n "$gateway" ]; then
+    kill -TERM "$gateway" 2>/dev/null || true
+    wait "$gateway" || true
 fi
+[ -z "$stopping" ] || status=0
 exit "$status"

@@ -143,36 +143,37 @@ def add_import_seed(commands: Commands) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import ipaddress
 
-    from tce.serving.gateway import Gateway, find_nginx
     from tce.serving.security import read_admin_key
     from tce.serving.server import ServerConfig, ServerError, Watchdog, free_ports, serve_forever
+    from tce_gateway.config import GatewayConfig
+    from tce_gateway.launcher import GatewayError, find_nginx
 
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         raise ServerError(f"--host {args.host!r} is not an IP address") from None
     gateway = None
-    http_port, grpc_port = args.http_port, args.grpc_port
-    if args.gateway:
-        find_nginx()  # fail before Triton starts
-        http_port, grpc_port = free_ports(2)
-        host = "127.0.0.1"
+    use_gateway = args.gateway or args.sagemaker or args.replicas > 1
+    if use_gateway:
+        try:
+            find_nginx()  # fail before Triton starts
+        except GatewayError as missing:
+            raise ServerError(str(missing)) from None
+        gateway = GatewayConfig(args.host, args.http_port, args.grpc_port,
+                                args.sagemaker_port if args.sagemaker else None, door_workers=args.gateway_workers)
+        http_port, grpc_port, host = *free_ports(2), "127.0.0.1"
     elif not loopback:
         raise ServerError(f"refusing to expose Triton itself on {args.host}: one HTTP request can crash Triton "
                           "2.51 (docs/security.md); add --gateway to serve through the checking gateway")
     else:
-        host = args.host
+        http_port, grpc_port, host = args.http_port, args.grpc_port, args.host
+    operator_key = read_admin_key(args.admin_key_file)
     config = ServerConfig(args.repository, http_port, grpc_port, args.metrics_port, host=host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
-                          model_config_name=args.model_config_name, admin_key=read_admin_key(args.admin_key_file),
-                          sagemaker_port=args.sagemaker_port if args.sagemaker else None, default_model=args.model)
-    if args.gateway:
-        gateway = Gateway(config.http_url, config.grpc_url, address=args.host, http_port=args.http_port,
-                          grpc_port=args.grpc_port)
-    watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts) \
-        if args.watch_interval > 0 else None
+                          model_config_name=args.model_config_name, admin_key=operator_key)
+    watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts)
     return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True),
-                         gateway=gateway)
+                         gateway=gateway, replicas=args.replicas, operator_key=operator_key, default_model=args.model)
 
 
 def add_serve(commands: Commands) -> None:
@@ -180,8 +181,12 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to serve")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --gateway")
     p.add_argument("--gateway", action="store_true",
-                   help="serve through the nginx gateway that checks requests (needs nginx with njs); Triton "
+                   help="serve through the gateway that checks and rebuilds every request (needs nginx); Triton "
                         "then listens on 127.0.0.1 only")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="Triton processes behind the gateway (implies --gateway): a request one of them dropped by "
+                        "dying is sent to another")
+    p.add_argument("--gateway-workers", type=int, default=2, help="door processes of the gateway")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
@@ -191,8 +196,8 @@ def add_serve(commands: Commands) -> None:
                    help="with explicit control, a model to load at start; '*' loads all")
     p.add_argument("--model-config-name", default="", help="alternative config name, e.g. libtorch")
     p.add_argument("--sagemaker", action="store_true",
-                   help="also answer SageMaker's protocol (GET /ping, POST /invocations with a KServe v2 JSON body "
-                        "for --model) on --sagemaker-port, on every interface as Triton binds it")
+                   help="also answer SageMaker's protocol (GET /ping, POST /invocations for --model) on "
+                        "--sagemaker-port of --host, through the gateway (implies --gateway)")
     p.add_argument("--sagemaker-port", type=int, default=8080, help="port of the SageMaker protocol")
     p.add_argument("--model", default=DEFAULT_MODEL, help="with --sagemaker: the model /invocations runs")
     p.add_argument("--log", type=Path, default=None, help="server log file (if not given: a temporary file)")
@@ -200,9 +205,10 @@ def add_serve(commands: Commands) -> None:
                    help="file holding the admin key for model control, shared memory, logging and trace "
                         "(if not given: $TCE_ADMIN_KEY_FILE, $TCE_ADMIN_KEY, else a new random key per run)")
     p.add_argument("--watch-interval", type=float, default=5.0,
-                   help="seconds between canary inferences that restart a broken server; 0 turns the watchdog off")
+                   help="seconds between canary inferences; 0 turns the canary off (a Triton that exits is still "
+                        "restarted)")
     p.add_argument("--max-restarts", type=int, default=3,
-                   help="restarts allowed within 10 minutes before tce serve gives up with exit code 3")
+                   help="restarts of one Triton allowed within 10 minutes before tce serve gives up with exit code 3")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ into its input tensors. The server publishes this schema in the ensemble config'
 and the client holds no copy of the server's naming rules."""
 from __future__ import annotations
 
+import decimal
 import difflib
 import json
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
@@ -143,25 +145,42 @@ def _as_frame(records: Records) -> pd.DataFrame:
     for index, record in enumerate(records):
         if not isinstance(record, Mapping):
             raise RecordError(index, "record", f"expected a dict, got {type(record).__name__}")
-    return pd.DataFrame(list(records), index=pd.RangeIndex(len(records)))  # [{}] is one record, not none
+    # [{}] is one record, not none. Objects as given: inferring column types here would fail on
+    # the records this module must name (a lone surrogate, an int beyond float range).
+    return pd.DataFrame(list(records), index=pd.RangeIndex(len(records)), dtype=object)
 
 
 def _numbers(frame: pd.DataFrame, field: str, rows: int) -> np.ndarray:
     if field not in frame:
         return np.full(rows, np.nan)
     column = frame[field]
+    _refuse_non_numbers(column, field)
     try:
         values = pd.to_numeric(column, errors="raise")
-    except (ValueError, TypeError):
-        bad = pd.to_numeric(column, errors="coerce").isna() & column.notna()
-        index = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (ValueError, TypeError, OverflowError):
+        index = next((i for i, v in enumerate(column.to_numpy()) if not _converts(v)), None)
         value = column.iloc[index] if index is not None else None
-        raise RecordError(index, field, f"expected a number or null, got {value!r}") from None
-    values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        raise RecordError(index, field, f"expected a number or null (within float range), got {_short(value)}"
+                          ) from None
     if np.isinf(values).any():
         index = int(np.flatnonzero(np.isinf(values))[0])
-        raise RecordError(index, field, "infinite values are not allowed; use null for a missing value")
+        raise RecordError(index, field, "infinite values (or numbers beyond float range) are not allowed; use null "
+                                        "for a missing value")
     return values
+
+
+def _refuse_non_numbers(column: pd.Series, field: str) -> None:
+    """Dates, durations and complex numbers convert to numbers silently (nanoseconds, the
+    real part): a mistake, refused. Numbers, numeric text and nulls pass."""
+    if column.dtype.kind in "mMc":
+        index = int(np.flatnonzero(column.notna().to_numpy())[0]) if column.notna().any() else 0
+        raise RecordError(index, field, f"expected a number or null, got {_short(column.iloc[index])} "
+                                        f"({column.dtype})")
+    if column.dtype.kind == "O":
+        for index, value in enumerate(column.to_numpy()):
+            if not (isinstance(value, (numbers.Real, decimal.Decimal, str, bytes)) or _null(value)):
+                raise RecordError(index, field, f"expected a number or null, got {_short(value)}")
 
 
 def _strings(frame: pd.DataFrame, field: str, rows: int, text: bool) -> np.ndarray:
@@ -169,13 +188,40 @@ def _strings(frame: pd.DataFrame, field: str, rows: int, text: bool) -> np.ndarr
         return np.full(rows, b"", dtype=np.object_)
     column = frame[field].astype(object)
     column = column.where(column.notna(), "")
-    if text:
-        not_text = ~column.map(lambda v: isinstance(v, (str, bytes))).to_numpy(dtype=bool)
-        if not_text.any():
-            index = int(np.flatnonzero(not_text)[0])
-            raise RecordError(index, field, f"expected text, got {type(column.iloc[index]).__name__}")
-    encoded = column.map(lambda v: v if isinstance(v, bytes) else str(v).encode("utf-8"))
-    return encoded.to_numpy(dtype=np.object_)
+    scalar = (str, bytes) if text else (str, bytes, numbers.Number)
+    wrong = ~column.map(lambda v: isinstance(v, scalar)).to_numpy(dtype=bool)
+    if wrong.any():
+        index = int(np.flatnonzero(wrong)[0])
+        raise RecordError(index, field, f"expected {'text' if text else 'a category (text)'}, got "
+                                        f"{type(column.iloc[index]).__name__}")
+
+    def encoded(index: int, value: object) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        try:
+            return str(value).encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: not text any server can read
+            raise RecordError(index, field, f"is not valid Unicode text ({error.reason} at position "
+                                            f"{error.start})") from None
+
+    return np.array([encoded(i, v) for i, v in enumerate(column.to_numpy())] if len(column) else [],
+                    dtype=np.object_)
+
+
+def _converts(value: object) -> bool:
+    try:
+        return _null(value) or np.isfinite(float(value))  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
+def _null(value: object) -> bool:
+    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def schema_for(manifest: "Manifest") -> EnsembleSchema:

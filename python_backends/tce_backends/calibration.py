@@ -120,6 +120,10 @@ class TaskCalibration(ABC):
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """raw float [B, classes] -> calibrated float64 [B, classes] (NaN rows fall back)."""
 
+    def uncovered_classes(self, task: TaskSpec) -> list[int]:
+        """Classes of ``task`` this calibration leaves raw (seed 000 allows it; publishing does not)."""
+        return []
+
     def fingerprint(self, digest: Any) -> None:
         """Feed what determines this calibration's output into ``digest``."""
         for column in sorted(self.tables):
@@ -145,7 +149,7 @@ class TaskCalibration(ABC):
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any], directory: Path) -> "TaskCalibration":
         """Inverse of ``save``; by default its lookup tables (.npy, never pickle)."""
-        tables = {int(column): LookupTable.from_points(np.load(directory / filename, allow_pickle=False))
+        tables = {int(column): LookupTable.from_points(np.load(directory / _table_file(filename), allow_pickle=False))
                   for column, filename in entry.get("tables", {}).items()}
         return cls.from_tables(tables)
 
@@ -154,6 +158,13 @@ class TaskCalibration(ABC):
             low, high = float(table.y.min()), float(table.y.max())
             if low < -_PROBABILITY_TOLERANCE or high > 1 + _PROBABILITY_TOLERANCE:
                 raise ValueError(f"the table for class {column} maps to [{low:g}, {high:g}], outside [0, 1]")
+
+
+def _table_file(name: object) -> str:
+    """A table's file name, only ever inside the calibration directory."""
+    if not isinstance(name, str) or not name.endswith(".npy") or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"table file {name!r} must be a .npy file name inside the calibration directory")
+    return name
 
 
 CALIBRATION_KINDS: dict[str, type[TaskCalibration]] = {}
@@ -238,6 +249,9 @@ class PerClassTables(TableCalibration):
             raise ValueError(f"multiclass calibration needs tables for classes in [0, {task.num_classes}), got "
                              f"{sorted(self.tables)}")
 
+    def uncovered_classes(self, task: TaskSpec) -> list[int]:
+        return [c for c in range(task.num_classes) if c not in self.tables]
+
     def apply(self, raw: np.ndarray) -> np.ndarray:
         calibrated = np.asarray(raw, dtype=np.float64).copy()
         for column, table in self.tables.items():
@@ -278,6 +292,8 @@ class Calibrator:
             self.calibrations[task.name] = calibration
         fingerprint = self.fingerprint()
         self.label = "" if label == fingerprint else label  # older bundles stored the fingerprint itself
+        if self.fallback_reasons:  # some tables could not be used: the version must say so
+            self.label = "unavailable"
         self.version = f"{self.label}@{fingerprint}" if self.label else fingerprint
         self._columns = task_columns(self.tasks)
 

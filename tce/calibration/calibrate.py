@@ -243,7 +243,8 @@ def publish(bundle_dir: Path, repository: Path, url: str | None = None, admin_ke
     """
     from tce_backends import graph
 
-    bundle = Bundle.load(bundle_dir)  # strict: a table outside [0, 1] is refused here
+    bundle = Bundle.load(bundle_dir)  # strict: a table outside [0, 1] or outside the bundle is refused here
+    _check_complete(bundle)
     step_dir = Path(repository) / graph.CALIBRATOR
     versions = sorted(int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
         if (step_dir / "config.pbtxt").is_file() else []
@@ -271,6 +272,18 @@ def publish(bundle_dir: Path, repository: Path, url: str | None = None, admin_ke
             raise UsageError(f"the server did not load calibrator version {version} ({problem}); "
                              "the version was removed again, the old one keeps serving")
     return version
+
+
+def _check_complete(bundle: Bundle) -> None:
+    """Every class of every calibrated task has its table: a class left raw would be served
+    as calibrated with no fallback flag."""
+    calibrator = bundle.calibrator
+    for task in calibrator.tasks:
+        missing = calibrator.calibrations[task.name].uncovered_classes(task)
+        if missing:
+            names = [task.classes[c] for c in missing]
+            raise UsageError(f"task {task.name!r}: the bundle's calibration has no table for classes {names}; "
+                             "publish tables for every class (tce calibrate fit writes them)")
 
 
 def _check_same_tasks(bundle: Manifest, served: Manifest, where: Path) -> None:

@@ -1,14 +1,17 @@
 """The completed chunks of a resumable batch job, and the output made from them.
 
 A job writes each scored chunk as ``OUT/.tce_job/part-<index>.parquet``, whole or not
-at all (written aside, then renamed). Rerunning the same command skips the chunks
-that exist; when every chunk is there the parts are joined, in order, into the
-output file, and only then ``_SUCCESS`` and ``_HEALTH`` appear. ``job.json`` records
-what the job was (inputs, options, the served outputs), so a rerun with other
-inputs or options is refused instead of mixing two jobs in one file.
+at all (written aside, then renamed). ``job.json`` records what the job was (inputs,
+options, the served outputs), so a rerun with other inputs or options is refused
+instead of mixing two jobs in one file, and each part's row range and SHA-256.
+Rerunning the same command skips the chunks whose part matches its record; a part
+that does not (replaced, cut short, doubled, garbage) is scored again, never trusted.
+When every chunk is there the parts are checked once more and joined, in order, into
+the output file, and only then ``_SUCCESS`` and ``_HEALTH`` appear.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,23 +39,34 @@ class JobDirectory:
         self.work = self.out / WORK_DIR
         self.identity = json.loads(json.dumps(identity))  # as it reads back from job.json
         self.outputs = outputs  # file names the job writes into ``out``
-        if restart:
-            self.clear()
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, dict[str, Any]] = {}  # part index -> its row range and checksum
+        with _writing(self.out):
+            if restart:
+                self.clear()
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._open()
+
+    def _open(self) -> None:
         recorded = self.work / "job.json"
         if recorded.is_file():
             earlier = json.loads(recorded.read_text(encoding="utf-8"))
-            if earlier != self.identity:
-                changed = sorted(k for k in {*earlier, *self.identity} if earlier.get(k) != self.identity.get(k))
+            identity = earlier.get("identity", earlier)  # earlier versions wrote the identity alone
+            if identity != self.identity:
+                changed = sorted(k for k in {*identity, *self.identity} if identity.get(k) != self.identity.get(k))
                 state = "finished output" if self.finished else "a partial run (rerun its command to finish it)"
                 raise UsageError(f"{self.out} holds {state} of a job with other {'; '.join(changed)}: add "
                                  "--restart to start over, or choose another output directory")
+            self.records = earlier.get("parts", {})
         elif (self.out / SUCCESS).exists():
             raise UsageError(f"{self.out} already holds finished output of another job; choose another output "
                              "directory, or add --restart to replace it")
         else:
             self.work.mkdir(parents=True, exist_ok=True)
-            recorded.write_text(json.dumps(self.identity, indent=1), encoding="utf-8")
+            self._save_records()
+
+    def _save_records(self) -> None:
+        _replace_text(self.work / "job.json", json.dumps({"identity": self.identity, "parts": self.records},
+                                                         indent=1))
 
     @property
     def finished(self) -> bool:
@@ -67,38 +81,102 @@ class JobDirectory:
     def _part(self, index: int) -> Path:
         return self.work / f"part-{index:06d}.parquet"
 
-    def done(self, index: int) -> bool:
-        return self._part(index).is_file()
+    def done(self, index: int, start: int | None = None, rows: int | None = None) -> bool:
+        """Part ``index`` is saved and matches its record (rows ``start``..``start+rows`` when given)."""
+        record = self.records.get(str(index))
+        if record is None or (start is not None and record["start"] != start) or \
+                (rows is not None and record["rows"] != rows):
+            return False
+        path = self._part(index)
+        return path.is_file() and _sha256(path) == record["sha256"]
 
     def rows_done(self) -> int:
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.work.glob("part-*.parquet"))
+        return sum(r["rows"] for i, r in self.records.items() if self._part(int(i)).is_file())
 
-    def write(self, index: int, table: pa.Table) -> None:
+    def write(self, index: int, table: pa.Table, start: int = 0) -> None:
+        """Save the chunk of rows ``start``.. as part ``index``: whole, then recorded."""
         aside = self._part(index).with_suffix(".tmp")
-        pq.write_table(table, aside)
-        os.replace(aside, self._part(index))
+        with _writing(aside):
+            pq.write_table(table, aside)
+            # Recorded first: a part file that exists is always one its record vouches for.
+            self.records[str(index)] = {"start": start, "rows": table.num_rows, "sha256": _sha256(aside)}
+            self._save_records()
+            os.replace(aside, self._part(index))
+
+    def bad_parts(self, count: int) -> list[int]:
+        """Parts 0..count-1 that are missing or do not match their record (each then forgotten)."""
+        bad = [i for i in range(count) if not self.done(i) or not self._contiguous(i)]
+        for index in bad:
+            self.records.pop(str(index), None)
+            self._part(index).unlink(missing_ok=True)
+        if bad:
+            self._save_records()
+        return bad
+
+    def _contiguous(self, index: int) -> bool:
+        if index == 0:
+            return self.records[str(index)]["start"] == 0
+        before = self.records.get(str(index - 1))
+        return before is not None and before["start"] + before["rows"] == self.records[str(index)]["start"]
 
     def parts(self, count: int) -> Iterator[pa.Table]:
         for index in range(count):
-            yield pq.read_table(self._part(index))
+            table = pq.read_table(self._part(index))
+            if table.num_rows != self.records[str(index)]["rows"]:
+                raise UsageError(f"{self._part(index)} changed while the output was written; rerun the command")
+            yield table
 
     def finish(self, count: int, render: Render, name: str) -> Path:
         """Join parts 0..count-1 into ``out/name`` with ``render``, then the markers."""
         missing = [i for i in range(count) if not self.done(i)]
         if missing:
-            raise UsageError(f"{self.work} lacks the chunks {missing[:5]}; add --restart to score again")
+            raise UsageError(f"{self.work} lacks the chunks {missing[:5]}; rerun the command to score them")
         stray = sorted(p.name for p in self.work.glob("part-*.parquet") if int(p.stem.split("-")[1]) >= count)
         if stray:
             raise UsageError(f"{self.work} holds chunks beyond the input's end ({', '.join(stray[:3])}): the input "
                              "changed; add --restart")
         target = self.out / name
         aside = target.with_name(f".{name}.tmp")
-        render(self.parts(count), aside)
-        os.replace(aside, target)
-        for part in self.work.glob("part-*.parquet"):
-            part.unlink()
-        write_markers(self.out)
+        with _writing(aside):
+            render(self.parts(count), aside)
+            os.replace(aside, target)
+            for part in self.work.glob("part-*.parquet"):
+                part.unlink()
+            write_markers(self.out)
         return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _replace_text(path: Path, text: str) -> None:
+    aside = path.with_name(f".{path.name}.tmp")
+    with _writing(aside):
+        aside.write_text(text, encoding="utf-8")
+        os.replace(aside, path)
+
+
+class _writing:
+    """A failed write (read-only directory, full disk) is one clear line, and the file
+    written aside is removed."""
+
+    def __init__(self, aside: Path) -> None:
+        self.aside = aside
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, _: object) -> bool:
+        if error is None or not isinstance(error, OSError):
+            return False
+        if self.aside.name.endswith(".tmp"):
+            self.aside.unlink(missing_ok=True)
+        raise UsageError(f"cannot write in {self.aside.parent}: {error.strerror or error}") from None
 
 
 def write_markers(out: Path) -> None:

@@ -176,6 +176,15 @@ class _Runner:
             count, rows, scored = await self._score_chunks(client, schema)
             if rows == 0:
                 raise UsageError(f"{job.input} holds no records")
+            bad = self.directory.bad_parts(count)
+            if bad:  # changed on disk while the job ran: score those chunks again
+                self.note(f"note: {len(bad)} saved chunk(s) did not match their record ({bad[:5]}); scoring "
+                          "them again")
+                count, rows, again = await self._score_chunks(client, schema)
+                scored += again
+                if self.directory.bad_parts(count):
+                    raise UsageError(f"saved chunks in {job.output} keep changing while the job runs; is another "
+                                     "job writing there?")
             path = self.directory.finish(count, _renderer(kind, schema, job.task), name)
         except ClientError as error:
             if isinstance(error, RecordError) or self.directory is None:
@@ -198,10 +207,10 @@ class _Runner:
         try:
             while (table := await asyncio.to_thread(next, chunks, None)) is not None:
                 index += 1
-                if self.directory.done(index):
+                if self.directory.done(index, offset, table.num_rows):
                     progress.skip(table.num_rows)
                 else:
-                    window.append((index, asyncio.create_task(
+                    window.append((index, offset, asyncio.create_task(
                         self._score(client, schema, table, offset, limit, progress))))
                 offset += table.num_rows
                 while len(window) >= CHUNKS_IN_FLIGHT:
@@ -209,7 +218,7 @@ class _Runner:
             while window:
                 await self._save(window)
         except BaseException:
-            await _cancel([task for _, task in window])
+            await _cancel([task for _, _, task in window])
             raise
         finally:
             progress.close()
@@ -217,10 +226,10 @@ class _Runner:
 
     async def _save(self, window: deque) -> None:
         assert self.directory is not None
-        index, task = window[0]
+        index, start, task = window[0]
         table = await task
         window.popleft()
-        self.directory.write(index, table)
+        self.directory.write(index, table, start)
 
     def _encode(self, schema: EnsembleSchema, table: pa.Table, offset: int) -> dict[str, np.ndarray]:
         frame = table.select(self.model_columns).to_pandas()

@@ -13,6 +13,7 @@ and restarts Triton when a step stops answering.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -34,7 +35,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from tce_backends.canary import Canary, Watch
 
 if TYPE_CHECKING:
-    from tce.serving.gateway import Gateway
+    from tce_gateway.config import GatewayConfig
+    from tce_gateway.launcher import Gateway
 from tce.serving.processes import die_with_parent, kill_group, pid_alive
 from tce.serving.security import generate_admin_key, restricted_api_args, write_admin_key
 from tce_backends.errors import TceError
@@ -67,10 +69,6 @@ class ServerConfig:
     startup_timeout_s: float = 180.0
     admin_key: str | None = None  # None: a fresh random key per server (EmbeddedServer.admin_key)
     extra_args: tuple[str, ...] = ()
-    # SageMaker's protocol (/ping, /invocations of default_model) on this port. Triton 2.51 binds it
-    # to every interface (no address option), as a SageMaker container needs.
-    sagemaker_port: int | None = None
-    default_model: str = DEFAULT_MODEL
 
     def __post_init__(self) -> None:
         repository = Path(self.model_repository)
@@ -93,12 +91,7 @@ class ServerConfig:
 
     @property
     def ports(self) -> dict[str, int]:
-        ports = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
-        return ports if self.sagemaker_port is None else {**ports, "SageMaker": self.sagemaker_port}
-
-    @property
-    def sagemaker_url(self) -> str | None:
-        return None if self.sagemaker_port is None else f"{self.host}:{self.sagemaker_port}"
+        return {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
 
 
 def free_ports(count: int = 3) -> list[int]:
@@ -242,8 +235,6 @@ class EmbeddedServer:
                 f"--model-control-mode={c.model_control_mode}",
                 *restricted_api_args(self.admin_key)]
         args += [f"--load-model={name}" for name in c.load_models]
-        if c.sagemaker_port is not None:
-            args += ["--allow-sagemaker=true", f"--sagemaker-port={c.sagemaker_port}"]
         if c.model_config_name:
             args.append(f"--model-config-name={c.model_config_name}")
         return [*args, *c.extra_args]
@@ -274,8 +265,6 @@ class EmbeddedServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the libtorch host too (see tce_backends.model_runner)
-        if self.config.sagemaker_port is not None:
-            env["SAGEMAKER_TRITON_DEFAULT_MODEL_NAME"] = self.config.default_model  # what /invocations runs
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
@@ -299,12 +288,8 @@ class EmbeddedServer:
                 if answering != self.server_id:  # another server on our port: never believe it
                     raise ServerError(f"another server ({answering!r}) answers on {self.config.http_url}")
                 with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as response:
-                    ready = response.status == 200
-                if ready and self.config.sagemaker_url is not None:  # that frontend starts after HTTP's
-                    with urllib.request.urlopen(f"http://{self.config.sagemaker_url}/ping", timeout=2) as response:
-                        ready = response.status == 200
-                if ready:
-                    return
+                    if response.status == 200:
+                        return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
                 pass
             time.sleep(0.25)
@@ -320,9 +305,10 @@ class EmbeddedServer:
             return "(no log)"
         return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
-    def restart(self) -> "EmbeddedServer":
-        """Stop (briefly) and start again with the same ports, id, admin key and log."""
-        self.stop(timeout_s=10, keep_run_dir=True)
+    def restart(self, grace_s: float = 10.0) -> "EmbeddedServer":
+        """Stop (waiting at most ``grace_s`` for requests in flight) and start again with the
+        same ports, id, admin key and log."""
+        self.stop(timeout_s=grace_s, keep_run_dir=True)
         return self.start()
 
     def stop(self, timeout_s: float = 30.0, force: Callable[[], bool] = lambda: False,
@@ -381,59 +367,114 @@ class EmbeddedServer:
 
 @dataclass(frozen=True)
 class Watchdog:
-    """How ``tce serve`` decides that the ensemble no longer answers."""
+    """How ``tce serve`` keeps Triton answering: it restarts a Triton that exited, whose
+    Python step died, or whose canary keeps failing; at once the first time, then after
+    growing pauses, and gives up (exit code 3) after ``max_restarts`` in the window."""
 
-    interval_s: float = 5.0        # between canary inferences
+    interval_s: float = 5.0        # between canary inferences; 0: no canary (exits are still restarted)
     failures: int = 2              # failed canaries in a row before a restart
     max_restarts: int = 3          # within restart_window_s; then give up with exit code 3
     restart_window_s: float = 600.0
+    backoff_s: float = 1.0         # pause before the second restart in the window, doubled for each next one
+    max_backoff_s: float = 30.0
     model: str = DEFAULT_MODEL
+
+    def pause_before(self, restart: int) -> float:
+        return 0.0 if restart <= 1 else min(self.max_backoff_s, self.backoff_s * 2 ** (restart - 2))
+
+
+@dataclass
+class _Supervised:
+    """One Triton replica and what watches it."""
+
+    name: str
+    server: EmbeddedServer
+    watch: Watch | None = None
+    restarts: list[float] = field(default_factory=list)
+    next_check: float = 0.0
+
+    def problem(self, watchdog: Watchdog) -> str | None:
+        """Why this replica needs a restart now, if it does."""
+        process = self.server.process
+        if process is None or process.poll() is not None:
+            code = "not running" if process is None else f"exit code {process.returncode}"
+            return f"tritonserver{self.name} exited ({code})"
+        if self.watch is None:
+            return None
+        dead = self.watch.dead_steps()
+        if dead:
+            return f"the ensemble stopped answering{self.name}: the Python stub of {', '.join(dead)} died"
+        if watchdog.interval_s > 0 and time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + watchdog.interval_s
+            failure = self.watch.check()
+            if failure:
+                return f"the ensemble stopped answering{self.name} ({failure})"
+        return None
+
+
+def replica_configs(config: ServerConfig, replicas: int) -> list[ServerConfig]:
+    """``config`` for the first replica, free loopback ports for the others."""
+    others = [dataclasses.replace(config, http_port=h, grpc_port=g, metrics_port=m)
+              for h, g, m in (free_ports(3) for _ in range(replicas - 1))]
+    return [config, *others]
 
 
 def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = (),
-                  watchdog: Watchdog | None = Watchdog(), print_: Callable[[str], None] = print,
-                  gateway: "Gateway | None" = None) -> int:
-    """Foreground serving for ``tce serve``, optionally behind ``gateway``.
+                  watchdog: Watchdog = Watchdog(), print_: Callable[[str], None] = print,
+                  gateway: "GatewayConfig | None" = None, replicas: int = 1, operator_key: str | None = None,
+                  default_model: str = DEFAULT_MODEL) -> int:
+    """Foreground serving for ``tce serve``: ``replicas`` Tritons, optionally behind the
+    gateway (needed for more than one: it sends a request a dead replica dropped to
+    another). Each replica is restarted when it exits or breaks (``Watchdog``). The first
+    Ctrl-C or SIGTERM stops everything gracefully, saying what it waits for; a second kills
+    at once (exit code 130). Exit code 3: restarts did not help.
 
-    A canary inference every few seconds (and at once when a step's stub process
-    disappears) checks that the ensemble answers; when it keeps failing, Triton is
-    restarted, and after too many restarts ``tce serve`` exits with code 3. The first
-    Ctrl-C or SIGTERM stops Triton gracefully, saying what it waits for; a second
-    kills its process group at once (exit code 130). Exit code 1: Triton died.
-    """
-    server = EmbeddedServer(config, log_path=log_path)
+    With the gateway, callers' administrative calls carry ``operator_key`` (checked by the
+    door); Triton runs with a key made for this run, so the operator's key is never on a
+    command line."""
+    supervised = _replicas(config, replicas, gateway is not None, operator_key, log_path)
     signals = {"count": 0}
 
     def on_signal(*_: object) -> None:
         signals["count"] += 1
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    front = None
     code = 0
     try:
-        server.start()
-        print_(f"Triton ready: HTTP {config.http_url}, gRPC {config.grpc_url}, "
-               f"metrics http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
-        print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
-               f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
-        if config.sagemaker_port is not None:
-            print_(f"SageMaker protocol on port {config.sagemaker_port} of every interface (Triton binds it so): "
-                   f"GET /ping, POST /invocations runs '{config.default_model}'")
+        for replica in supervised:
+            replica.server.start()
+            _say_ready(replica, print_, operator_key if gateway is not None else None)
         if gateway is not None:
-            gateway.start()
-            print_(f"gateway ready: HTTP {gateway.address}:{gateway.http_port}, gRPC {gateway.address}:"
-                   f"{gateway.grpc_port} (requests checked and capped at {gateway.max_body}; Triton itself "
-                   f"listens on {config.host} only)")
+            front = _start_gateway(gateway, supervised, operator_key, default_model, print_)
         for line in announce:
             print_(line)
-        code = _supervise(server, watchdog, lambda: signals["count"] > 0, print_)
+        code = _Supervisor(supervised, watchdog, front, lambda: signals["count"] > 0, print_).run()
     finally:
         if signals["count"]:
             print_("stopping Triton: waiting for in-flight requests (Ctrl-C again to kill it now) ...")
-        if gateway is not None:
-            gateway.stop()
-        graceful = server.stop(force=lambda: signals["count"] > 1, report=print_, keep_log=code != 0)
+        if front is not None:
+            front.stop()
+        graceful = all([r.server.stop(force=lambda: signals["count"] > 1, report=print_, keep_log=code != 0)
+                        for r in supervised])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return _farewell(code, graceful, supervised[0].server, print_)
+
+
+def _replicas(config: ServerConfig, count: int, gateway: bool, operator_key: str | None,
+              log_path: Path | None) -> list[_Supervised]:
+    if count < 1 or (count > 1 and not gateway):
+        raise ServerError("more than one Triton replica needs the gateway in front (--gateway)")
+    if gateway:  # one key for every replica (administrative calls go to all), never the operator's
+        config = dataclasses.replace(config, admin_key=generate_admin_key() if operator_key else config.admin_key
+                                     or generate_admin_key())
+    return [_Supervised(f" (replica {i})" if count > 1 else "",
+                        EmbeddedServer(c, log_path=log_path if i == 0 else None))
+            for i, c in enumerate(replica_configs(config, count))]
+
+
+def _farewell(code: int, graceful: bool, server: EmbeddedServer, print_: Callable[[str], None]) -> int:
     if code:
         print_(f"log kept: {server.log_path}")
         return code
@@ -444,40 +485,98 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
     return 0
 
 
-def _supervise(server: EmbeddedServer, watchdog: Watchdog | None, stopping: Callable[[], bool],
-               print_: Callable[[str], None]) -> int:
-    """Watch the server until ``stopping()``: the stub processes every quarter second,
-    a canary every ``watchdog.interval_s``; restart it when it breaks."""
-    url = server.config.http_url
-    watch = None
-    if watchdog is not None and server.process is not None:
-        watch = Watch(Canary(url, watchdog.model), server.process.pid, watchdog.failures)
-    restarts: list[float] = []
-    next_check = time.monotonic() + (watchdog.interval_s if watchdog else 0)
-    while not stopping():
-        time.sleep(0.25)
-        if server.process is None or server.process.poll() is not None:
-            print_(f"tce serve: tritonserver exited unexpectedly; log: {server.log_path}\n{server.log_tail(15)}")
-            return 1
-        if watch is None or watchdog is None:
-            continue
-        dead = watch.dead_steps()
-        problem = f"the Python stub of {', '.join(dead)} died" if dead else None
-        if problem is None and time.monotonic() >= next_check:
-            next_check = time.monotonic() + watchdog.interval_s
-            problem = watch.check()
-        if not problem:
-            continue
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < watchdog.restart_window_s] + [now]
-        if len(restarts) > watchdog.max_restarts:
-            print_(f"tce serve: error: the ensemble keeps failing ({problem}); gave up after "
-                   f"{watchdog.max_restarts} restarts in {watchdog.restart_window_s:.0f} s")
+def _say_ready(replica: _Supervised, print_: Callable[[str], None], operator_key: str | None) -> None:
+    server, config = replica.server, replica.server.config
+    print_(f"Triton ready{replica.name}: HTTP {config.http_url}, gRPC {config.grpc_url}, metrics "
+           f"http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
+    if replica.name and not replica.name.endswith("0)"):
+        return
+    if operator_key:
+        print_("admin key: the one you gave (the gateway checks it; Triton runs with a key made for this run, "
+               f"in {server.admin_key_file})")
+    else:
+        print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
+               f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
+
+
+def _start_gateway(config: "GatewayConfig", supervised: list[_Supervised], operator_key: str | None,
+                   default_model: str, print_: Callable[[str], None]) -> "Gateway":
+    from tce_gateway.config import Replica
+    from tce_gateway.errors import GatewayError
+    from tce_gateway.launcher import Gateway
+
+    triton_key = supervised[0].server.admin_key
+    front = Gateway(tuple(Replica(r.server.config.http_url, r.server.config.grpc_url) for r in supervised), config,
+                    default_model=default_model, admin_key=operator_key or triton_key, triton_admin_key=triton_key)
+    try:
+        front.start()
+    except GatewayError as error:
+        raise ServerError(f"the gateway did not start: {error}") from None
+    ports = [f"{name} {config.address}:{port}" for name, port in (
+        ("HTTP", config.http_port), ("gRPC", config.grpc_port), ("SageMaker", config.sagemaker_port)) if port]
+    print_(f"gateway ready: {', '.join(ports)} (every request checked and rebuilt; bodies capped at "
+           f"{config.limits.max_body_bytes} bytes; Triton listens on {supervised[0].server.config.host} only)")
+    if config.sagemaker_port is not None:
+        print_(f"SageMaker protocol on {config.address}:{config.sagemaker_port}: GET /ping, POST /invocations "
+               f"runs '{default_model}' (Triton's own SageMaker listener is not started)")
+    return front
+
+
+class _Supervisor:
+    """Watches the replicas (stub processes every quarter second, a canary every
+    ``watchdog.interval_s``) and the gateway's processes until told to stop."""
+
+    def __init__(self, supervised: list[_Supervised], watchdog: Watchdog, front: "Gateway | None",
+                 stopping: Callable[[], bool], print_: Callable[[str], None]) -> None:
+        self.supervised, self.watchdog, self.front = supervised, watchdog, front
+        self.stopping, self.print_ = stopping, print_
+        for replica in supervised:
+            replica.watch = self._watch(replica.server)
+            replica.next_check = time.monotonic() + watchdog.interval_s
+
+    def _watch(self, server: EmbeddedServer) -> Watch | None:
+        if server.process is None:
+            return None
+        return Watch(Canary(server.config.http_url, self.watchdog.model), server.process.pid, self.watchdog.failures)
+
+    def run(self) -> int:
+        while not self.stopping():
+            time.sleep(0.25)
+            if self.front is not None:
+                for part in self.front.check():
+                    self.print_(f"tce serve: the gateway's {part} stopped; started it again")
+            for replica in self.supervised:
+                problem = replica.problem(self.watchdog)
+                if problem and not self.stopping():
+                    code = self._restart(replica, problem)
+                    if code:
+                        return code
+        return 0
+
+    def _restart(self, replica: _Supervised, problem: str) -> int:
+        watchdog, now = self.watchdog, time.monotonic()
+        replica.restarts = [t for t in replica.restarts if now - t < watchdog.restart_window_s] + [now]
+        count = len(replica.restarts)
+        if count > watchdog.max_restarts:
+            self.print_(f"tce serve: error: {problem}; gave up after {watchdog.max_restarts} restarts in "
+                        f"{watchdog.restart_window_s:.0f} s (log: {replica.server.log_path})")
             return 3
-        print_(f"tce serve: the ensemble stopped answering ({problem}); restarting Triton "
-               f"(restart {len(restarts)} of at most {watchdog.max_restarts})")
-        server.restart()
-        print_(f"Triton ready again: HTTP {server.config.http_url}")
-        if server.process is not None:
-            watch.reset(server.process.pid)
-    return 0
+        pause = watchdog.pause_before(count)
+        self.print_(f"tce serve: {problem}; restarting Triton{replica.name} (restart {count} of at most "
+                    f"{watchdog.max_restarts}{f', after {pause:.0f} s' if pause else ''})")
+        deadline = time.monotonic() + pause
+        while time.monotonic() < deadline and not self.stopping():
+            time.sleep(0.1)
+        if self.stopping():
+            return 0
+        started = time.monotonic()
+        try:  # a broken server's requests in flight fail anyway: waiting for them only widens the gap
+            replica.server.restart(grace_s=1.0)
+        except ServerError as error:
+            self.print_(f"tce serve: Triton{replica.name} did not come back: {str(error).splitlines()[0]}")
+            return 0  # not running: the next round restarts it again, within the budget
+        self.print_(f"Triton ready again{replica.name}: HTTP {replica.server.config.http_url} "
+                    f"({time.monotonic() - started:.1f} s to restart)")
+        replica.watch = self._watch(replica.server)
+        replica.next_check = time.monotonic() + watchdog.interval_s
+        return 0

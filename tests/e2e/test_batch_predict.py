@@ -153,3 +153,102 @@ def test_killed_server_and_killed_job_resume_to_every_row_once_in_order(reposito
         assert (out / "_SUCCESS").exists() and not list(out.glob(".tce_job/part-*"))
     finally:
         server.stop()
+
+
+def _tamper(part: Path, how: str) -> None:
+    """What a disk, a sync tool or a person can do to a saved part."""
+    import pyarrow.parquet as pq
+
+    if how == "garbage":
+        part.write_bytes(b"not a parquet file at all")
+        return
+    table = pq.read_table(part)
+    import pyarrow as pa
+
+    changed = table.slice(0, 4) if how == "shorter" else pa.concat_tables([table, table])
+    pq.write_table(changed, part)
+
+
+def _partial_run(job, stop_after: int, monkeypatch) -> None:
+    """A run killed after ``stop_after`` chunks were saved."""
+    from tce.jobs.parts import JobDirectory
+    from tce.jobs.predict import run_predict
+
+    original, saved = JobDirectory.write, []
+
+    def write_then_die(self, index, table, start=0):
+        original(self, index, table, start)
+        saved.append(index)
+        if len(saved) == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(JobDirectory, "write", write_then_die)
+    with pytest.raises(Exception, match="rows are saved"):
+        run_predict(job, note=lambda _: None)
+    monkeypatch.setattr(JobDirectory, "write", original)
+
+
+def test_tampered_parts_are_scored_again_never_trusted(server, tmp_path, monkeypatch):
+    from tce.jobs.predict import PredictJob, run_predict
+
+    frame = records(600, seed=31)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    job = PredictJob(tmp_path / "in.csv", tmp_path / "out", url=server.config.grpc_url, id_field="record_id",
+                     chunk_rows=50, max_in_flight=2, progress_interval_s=3600)
+    _partial_run(job, stop_after=6, monkeypatch=monkeypatch)
+    parts = sorted((tmp_path / "out" / ".tce_job").glob("part-*.parquet"))
+    assert len(parts) >= 3
+    for part, how in zip(parts, ("shorter", "doubled", "garbage"), strict=False):
+        _tamper(part, how)
+    notes: list[str] = []
+    result = run_predict(job, note=notes.append)
+    scored = pd.read_csv(result.path)
+    assert scored["record_id"].tolist() == frame["record_id"].tolist()  # every row once, in order
+    assert result.scored >= 3 * 50  # the three tampered chunks were scored again
+    assert_same_answers(scored.drop(columns=["record_id"]), sdk_answers(server.config.http_url, frame))
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_part_changed_during_the_run_is_caught_before_the_markers(server, tmp_path, monkeypatch):
+    from tce.jobs.parts import JobDirectory
+    from tce.jobs.predict import PredictJob, run_predict
+
+    frame = records(300, seed=32)
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    original = JobDirectory.write
+
+    def write_and_spoil_part_one(self, index, table, start=0):
+        original(self, index, table, start)
+        if index == 3:  # part 1 is long saved: change it behind the job's back, once
+            _tamper(self._part(1), "shorter")
+            monkeypatch.setattr(JobDirectory, "write", original)
+
+    monkeypatch.setattr(JobDirectory, "write", write_and_spoil_part_one)
+    notes: list[str] = []
+    job = PredictJob(tmp_path / "in.csv", tmp_path / "out", url=server.config.grpc_url, id_field="record_id",
+                     chunk_rows=50, max_in_flight=2, progress_interval_s=3600)
+    result = run_predict(job, note=notes.append)
+    assert any("did not match their record ([1])" in n for n in notes), notes
+    assert pd.read_csv(result.path)["record_id"].tolist() == frame["record_id"].tolist()
+
+
+def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tce.jobs.parts import JobDirectory
+    from tce_backends.errors import UsageError
+
+    job = JobDirectory(tmp_path / "out", {"x": 1}, ("result.csv",))
+
+    def disk_full(table, where, **_):
+        Path(where).write_bytes(b"PAR1 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(UsageError, match="cannot write in .*: No space left on device"):
+        job.write(0, pa.table({"x": [1]}))
+    assert not list((tmp_path / "out").rglob("*.tmp")), "nothing half-written is left behind"
+    assert not job.done(0)

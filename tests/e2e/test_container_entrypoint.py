@@ -1,7 +1,8 @@
 """docker/entrypoint.sh, the images' entrypoint, run here with the embedded tritonserver
 standing in for the image's (no Docker engine on these machines): it refuses to start
-without an admin key, restricts the admin endpoints, forwards SIGTERM, and its canary
-watchdog stops a server whose step died so the container restarts."""
+without an admin key, restricts the admin endpoints, forwards SIGTERM, restarts a Triton
+that exits or whose step died (the canary watchdog stops it), and for SageMaker's `serve`
+puts the gateway in front of a Triton on loopback."""
 from __future__ import annotations
 
 import os
@@ -102,13 +103,37 @@ def test_restricted_server_watchdog_and_signals(image_like, bimodal_bundle, tmp_
                                     text=True).stdout.split()[0])
         stubs = subprocess.run(["pgrep", "-P", str(triton)], capture_output=True, text=True).stdout.split()
         os.kill(int(stubs[0]), signal.SIGKILL)  # Triton stays "ready"; the watchdog must notice
-        code = process.wait(timeout=120)
-        output = log.read_text()
-        assert code != 0, output
-        assert "the ensemble stopped answering" in output
+        _wait_for(log, "the ensemble stopped answering (the watchdog stopped it); restarting it", process)
+        _wait_until_answering(http, process, log)
+        triton = _triton_child(process)
+        os.kill(triton, signal.SIGKILL)  # Triton itself dies: the entrypoint starts it again
+        _wait_for(log, "tritonserver exited with status 137; restarting it", process)
+        _wait_until_answering(http, process, log)
+        assert _triton_child(process) != triton
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def _triton_child(process: subprocess.Popen) -> int:
+    found = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "tritonserver"], capture_output=True, text=True)
+    return int(found.stdout.split()[0])
+
+
+def _wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+
+
+def _wait_until_answering(http: int, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while Canary(f"127.0.0.1:{http}").probe() is not None:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
 
 
 def test_serve_runs_sagemaker_mode_on_the_packaged_archive(image_like, bimodal_bundle, tmp_path):
@@ -152,7 +177,10 @@ def test_serve_runs_sagemaker_mode_on_the_packaged_archive(image_like, bimodal_b
         with urllib.request.urlopen(request, timeout=60) as response:
             names = {o["name"] for o in json.loads(response.read())["outputs"]}
         assert {"abuse_raw", "abuse_calibrated", "reason_raw", "reason_calibrated"} <= names, names
-        assert "Started Sagemaker HTTPService" in log.read_text()
+        # SageMaker's model management (load any directory, no key) is not served
+        assert post(f"127.0.0.1:{sagemaker}", json.dumps({"model_name": "x", "url": str(tmp_path)}).encode(),
+                    path="/models")[0] == 404
+        assert "Started Sagemaker HTTPService" not in log.read_text()  # Triton's own listener never runs
         assert f"127.0.0.1:{http}" in log.read_text()  # Triton's own HTTP on loopback
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

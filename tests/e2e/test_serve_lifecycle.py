@@ -184,8 +184,9 @@ def test_kill_9_of_serve_takes_triton_and_its_stubs_down_and_the_next_start_clea
 
 
 def test_serve_through_the_gateway_and_stop_everything(repository):
-    from tce.serving.gateway import GatewayError, find_nginx
     from tce_client import CalibratedClassifierClient
+    from tce_gateway.errors import GatewayError
+    from tce_gateway.launcher import find_nginx
     from tests.hostile import json_body, post_json
 
     try:

@@ -37,9 +37,11 @@ def start_server(repository: Path, explicit: bool = False) -> EmbeddedServer:
     return EmbeddedServer(config, log_path=repository.parent / f"{repository.name}-tritonserver.log").start()
 
 
-def _serve(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[RunningServer]:
+def serve_bundle(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory, name: str,
+                 explicit: bool = False) -> Iterator[RunningServer]:
+    """A server of ``bundle``'s repository for as long as the generator runs."""
     repository = write_repository(bundle, tmp_path_factory.mktemp(f"repository_{name}"))
-    server = start_server(repository)
+    server = start_server(repository, explicit=explicit)
     try:
         yield RunningServer(server, server.config, bundle, repository)
     finally:
@@ -48,9 +50,9 @@ def _serve(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory, name: str) 
 
 @pytest.fixture(scope="session")
 def bimodal_server(bimodal_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _serve(bimodal_bundle, tmp_path_factory, "bimodal")
+    yield from serve_bundle(bimodal_bundle, tmp_path_factory, "bimodal")
 
 
 @pytest.fixture(scope="session")
 def trimodal_server(trimodal_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from _serve(trimodal_bundle, tmp_path_factory, "trimodal")
+    yield from serve_bundle(trimodal_bundle, tmp_path_factory, "trimodal")

@@ -144,6 +144,20 @@ def test_publish_refuses_other_classes_and_tables_outside_the_unit_interval(expl
     (out_of_range / "calibration" / "calibration.json").write_text(json.dumps(payload), encoding="utf-8")
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         publish(out_of_range, repository, url=explicit_server.config.http_url, admin_key=explicit_server.admin_key)
+    # a multiclass task with a table missing: that class would be served raw with no fallback flag
+    incomplete = Path(shutil.copytree(bimodal_bundle.root, tmp_path / "incomplete"))
+    payload = json.loads((incomplete / "calibration" / "calibration.json").read_text(encoding="utf-8"))
+    del payload["tasks"]["reason"]["tables"]["2"]
+    (incomplete / "calibration" / "calibration.json").write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"task 'reason': the bundle's calibration has no table for classes"):
+        publish(incomplete, repository, url=explicit_server.config.http_url, admin_key=explicit_server.admin_key)
+    # a table path that leaves the bundle
+    escaping = Path(shutil.copytree(bimodal_bundle.root, tmp_path / "escaping"))
+    payload = json.loads((escaping / "calibration" / "calibration.json").read_text(encoding="utf-8"))
+    payload["tasks"]["abuse"]["tables"]["1"] = "../../" + payload["tasks"]["abuse"]["tables"]["1"]
+    (escaping / "calibration" / "calibration.json").write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(ValueError, match="inside the calibration directory"):
+        publish(escaping, repository, url=explicit_server.config.http_url, admin_key=explicit_server.admin_key)
     assert sorted(p.name for p in (repository / "calibrator").iterdir()) == before
 
 

@@ -1,5 +1,6 @@
-"""Triton's SageMaker mode on the embedded server: /ping, and /invocations running the
-ensemble with raw and calibrated outputs equal to seed 003's in-process handler."""
+"""SageMaker's protocol through the gateway: /ping, and /invocations running the ensemble
+with raw and calibrated outputs equal to seed 003's in-process handler. Triton's own
+SageMaker listener (every interface, model management without a key) is never started."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ from tce.build.repository import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends import sagemaker_handler
 from tce_client.schema import schema_for
+from tce_gateway.errors import GatewayError
+from tce_gateway.launcher import Gateway, find_nginx
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +34,19 @@ def kserve_body(inputs: dict[str, np.ndarray]) -> bytes:
 
 
 def test_ping_and_invocations_answer_for_the_ensemble(bimodal_bundle, tmp_path):
+    try:
+        find_nginx()
+    except GatewayError as missing:
+        pytest.skip(str(missing))
     repository = write_repository(bimodal_bundle, tmp_path / "repository")
     http, grpc, metrics, sagemaker = free_ports(4)
-    config = ServerConfig(repository, http, grpc, metrics, sagemaker_port=sagemaker)
+    config = ServerConfig(repository, http, grpc, metrics)
     records = make_dataset(4, seed=41).drop(columns=["abuse", "reason", "events", "record_id"])
     schema = schema_for(bimodal_bundle.manifest)
     inputs = schema.encode(records)
     inputs = {k: v for k, v in inputs.items() if not (v.dtype != object and np.isnan(v).all())}
-    with EmbeddedServer(config):
+    with EmbeddedServer(config), Gateway.for_server(config.http_url, config.grpc_url, http_port=None, grpc_port=None,
+                                                    sagemaker_port=sagemaker):
         with urllib.request.urlopen(f"http://127.0.0.1:{sagemaker}/ping", timeout=10) as response:
             assert response.status == 200
         request = urllib.request.Request(f"http://127.0.0.1:{sagemaker}/invocations", data=kserve_body(inputs),

@@ -123,7 +123,20 @@ def test_version_is_the_fingerprint_of_the_tables_actually_loaded(tmp_path):
     assert loaded.version == saved.version == f"2026-11@{saved.fingerprint()}"
     (tmp_path / "abuse_class_1.npy").write_bytes(b"broken")
     degraded = Calibrator.load(tmp_path, [BINARY, MULTI])
-    assert degraded.version.startswith("2026-11@") and degraded.version != saved.version
+    # a table that could not be used marks the version, beside the per-row flags
+    assert degraded.version.startswith("unavailable@") and degraded.version != saved.version
+
+
+def test_a_table_file_outside_the_calibration_directory_is_refused(tmp_path):
+    _saved(tmp_path / "calibration")
+    np.save(tmp_path / "elsewhere.npy", np.array([[0.0, 0.0], [1.0, 1.0]]))
+    payload = json.loads((tmp_path / "calibration" / "calibration.json").read_text(encoding="utf-8"))
+    payload["tasks"]["abuse"]["tables"]["1"] = "../elsewhere.npy"
+    (tmp_path / "calibration" / "calibration.json").write_text(json.dumps(payload), encoding="utf-8")
+    with pytest.raises(BundleError, match="inside the calibration directory"):
+        Calibrator.load(tmp_path / "calibration", [BINARY, MULTI], strict=True)
+    served = Calibrator.load(tmp_path / "calibration", [BINARY, MULTI])
+    assert "abuse" in served.fallback_reasons and served.version.startswith("unavailable@")
 
 
 @pytest.mark.parametrize("y", [(-0.2, 0.5), (0.1, 1.7)])

@@ -71,3 +71,24 @@ def test_non_text_dialogue_is_refused():
 def test_records_must_be_dicts():
     with pytest.raises(RecordError, match="record 1"):
         SCHEMA.encode([{"dialogue": "a"}, "oops"])
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("dialogue", "lone \ud800 surrogate", "not valid Unicode text"),
+    ("payment", "\udcff", "not valid Unicode text"),
+    ("amount", 10 ** 400, "within float range"),
+    ("amount", "1e999", "beyond float range"),
+    ("amount", __import__("datetime").date(2026, 1, 2), "expected a number or null"),
+    ("amount", __import__("datetime").datetime(2026, 1, 2), "expected a number or null"),
+    ("amount", __import__("datetime").timedelta(days=1), "expected a number or null"),
+    ("amount", np.datetime64("2026-01-02"), "expected a number or null"),
+    ("amount", 1 + 2j, "expected a number or null"),
+    ("amount", [1, 2], "expected a number or null"),
+    ("payment", {"a": 1}, "expected a category"),
+])
+def test_values_a_server_cannot_read_are_record_errors_naming_the_field(field, value, problem):
+    """Never a raw UnicodeEncodeError, OverflowError or TypeError, and never a date or a
+    complex number turned silently into a number."""
+    record = {"dialogue": "hi", "amount": 1.0, "age": 2.0, "payment": "card"}
+    with pytest.raises(RecordError, match=rf"record 1, field '{field}': .*{problem}"):
+        SCHEMA.encode([record, {**record, field: value}])

@@ -200,7 +200,7 @@ def _pod_specs() -> dict[str, tuple[dict[str, Any], str]]:
 
 
 def _gateway(pod: dict[str, Any]) -> dict[str, Any]:
-    (found,) = [c for c in pod["containers"] if c["image"].startswith("nginx:")]
+    (found,) = [c for c in pod["containers"] if c["image"].startswith("tce-gateway:")]
     return found
 
 
@@ -222,9 +222,10 @@ def test_image_arguments_and_ports_follow_compose(layout):
     assert triton["args"] == services[service_name]["command"] + LOOPBACK_ARGS
     gateway = _gateway(pod)
     assert gateway["image"] == services["gateway"]["image"]
-    expected_env = {k: _compose_value(v) for k, v in services["gateway"]["environment"].items()}
-    expected_env.update(TRITON_HTTP="127.0.0.1:8100", TRITON_GRPC="127.0.0.1:8101")  # Triton in the same pod
-    assert _env(gateway) == expected_env
+    # compose's gateway command with ${VAR:-default} resolved, and Triton in the same pod
+    expected = [_compose_value(a).replace("triton:8000,triton:8001", "127.0.0.1:8100,127.0.0.1:8101")
+                for a in services["gateway"]["command"]]
+    assert gateway["args"] == expected
     assert {p["containerPort"] for p in gateway["ports"]} <= {8000, 8001}
     assert [p["containerPort"] for p in triton["ports"]] == [8002]  # metrics, as compose publishes
     assert _env(triton)["TCE_CANARY_URL"] == "127.0.0.1:8100"
@@ -249,17 +250,16 @@ def test_shm_probes_secret_and_repository_follow_compose_and_the_image(layout):
     key_file = _env(triton)["TCE_ADMIN_KEY_FILE"]
     assert key_file == "/run/secrets/tce_admin_key" and key_file in entrypoint
     assert volumes[mounts["/run/secrets"]]["secret"]["items"] == [{"key": "admin-key", "path": "tce_admin_key"}]
-    # probes: the v2 health endpoints, through the gateway port, which forwards exactly those
-    template = (REPO_ROOT / "docker" / "gateway" / "gateway.conf.template").read_text(encoding="utf-8")
-    assert "/health/(live|ready)" in template
-    gateway_http = int(_env(_gateway(pod))["GATEWAY_HTTP_PORT"])
+    # probes: the v2 health endpoints, through the gateway's HTTP port, whose door serves them
+    from tce_gateway.http_app import DISCOVERY
+
+    gateway_http = int(next(a.split("=", 1)[1] for a in _gateway(pod)["args"] if a.startswith("--http-port=")))
     for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
                         ("livenessProbe", "/v2/health/live")):
         assert triton[probe]["httpGet"] == {"path": path, "port": gateway_http}
-    # the gateway's files come from the compose files (one ConfigMap made from docker/gateway/)
-    compose_files = {Path(v.split(":")[1]).name for v in compose()["services"]["gateway"]["volumes"]}
-    assert {m["subPath"] for m in _gateway(pod)["volumeMounts"] if m["name"] == "gateway"} == compose_files
-    assert all((REPO_ROOT / "docker" / "gateway" / name).is_file() for name in compose_files)
+        assert DISCOVERY.match(path)
+    # the gateway needs no files from outside its image
+    assert "volumeMounts" not in _gateway(pod)
 
 
 def test_autoscaling_queries_name_what_the_builder_serves():

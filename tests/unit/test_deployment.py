@@ -70,18 +70,15 @@ def test_only_the_gateway_faces_callers_and_everything_binds_loopback_by_default
     assert len(host_ports) == len(set(host_ports)), "two services would bind the same host port"
 
 
-def test_gateway_mounts_the_checked_in_configuration():
+def test_gateway_is_the_front_door_image_in_front_of_triton():
     gateway = SERVICES["gateway"]
-    assert gateway["image"].startswith("nginx:1.")
-    sources = {v.split(":")[0] for v in gateway["volumes"]}
-    for source in sources:
-        assert (REPO_ROOT / source).is_file(), source
-    from tce.serving.gateway import render
+    assert gateway["build"]["target"] == "gateway" and gateway["image"].startswith("tce-gateway:")
+    assert "volumes" not in gateway, "the gateway needs nothing from outside its image"
+    from tce_gateway.__main__ import parser
 
-    values = {k: str(v) for k, v in gateway["environment"].items()}
-    rendered = render({**values, "TRITON_HTTP": "triton:8000", "TRITON_GRPC": "triton:8001",
-                       "TCE_MAX_BODY": "16m", "TCE_MAX_ELEMENTS": "4194304"})
-    assert "js_content guard.infer" in rendered and "grpc_pass grpc://triton_grpc" in rendered
+    args = parser().parse_args([re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", a) for a in gateway["command"]])
+    assert [(r.http, r.grpc) for r in args.triton] == [("triton:8000", "triton:8001")]
+    assert (args.http_port, args.grpc_port, args.address) == (8000, 8001, "0.0.0.0")
 
 
 @pytest.mark.parametrize("name", ["triton", "triton-cpu"])
@@ -156,7 +153,7 @@ def test_entrypoint_restricts_what_tce_serve_restricts():
 
 def test_dockerfile_uses_the_embedded_servers_release():
     stages = _stages()
-    assert set(stages) == {"server", "server-cpu", "loadtest"}
+    assert set(stages) == {"server", "server-cpu", "gateway", "loadtest"}
     assert f"tritonserver:{NGC_RELEASE}-py3" in DOCKERFILE
     assert "FROM ${TRITON_IMAGE} AS server" in stages["server"]
     assert "COPY python_backends" in stages["server"] and "PYTHONPATH=/opt/tce/python_backends" in stages["server"]
@@ -186,6 +183,15 @@ def test_dockerfile_adds_only_what_the_python_steps_need():
             name, version = line.split("==")
             pins[name.lower()] = version
     assert pins == {"numpy": lock["numpy"], "tokenizers": lock["tokenizers"]}
+    gateway_pins = {}
+    for line in (REPO_ROOT / "docker" / "requirements-gateway.txt").read_text(encoding="utf-8").splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            gateway_pins[name.lower()] = version
+    assert gateway_pins and all(lock[name] == version for name, version in gateway_pins.items())
+    for stage in ("server", "gateway"):
+        assert "requirements-gateway.txt -c /opt/tce/requirements.lock" in stages[stage]
+        assert "nginx-light" in stages[stage]
     torch_version = re.search(r"ARG TORCH_VERSION=(\S+)", stages["server-cpu"]).group(1)
     assert lock["torch"].startswith(torch_version)
 
@@ -202,7 +208,9 @@ def test_serving_code_imports_only_numpy_and_tokenizers():
         sys.meta_path.insert(0, Block())
         sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
         sys.path.insert(0, {str(REPO_ROOT / "python_backends")!r})
+        sys.path.insert(0, {str(REPO_ROOT / "gateway")!r})
         import tce_backends.triton.models, tce_backends.bundle, tce_backends.steps
+        import tce_gateway.__main__, tce_gateway.worker
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -210,10 +218,10 @@ def test_serving_code_imports_only_numpy_and_tokenizers():
 
 
 def test_serving_code_parses_as_python_3_10():
-    """The 24.10 NGC image runs the Python steps on its Python 3.10."""
+    """The 24.10 NGC image runs the Python steps and, for SageMaker, the gateway on its Python 3.10."""
     import ast
 
-    for path in (REPO_ROOT / "python_backends").rglob("*.py"):
+    for path in [*(REPO_ROOT / "python_backends").rglob("*.py"), *(REPO_ROOT / "gateway").rglob("*.py")]:
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
 
 

@@ -1,0 +1,74 @@
+"""One door worker process: the HTTP and gRPC sides in one event loop, on loopback
+ports that only nginx connects to. Several workers share the ports (SO_REUSEPORT).
+
+    python -m tce_gateway.worker CONFIG_FILE   (JSON of a DoorConfig; it holds keys: mode 0600)
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from tce_gateway.config import DoorConfig, Limits, Replica
+from tce_gateway.grpc_app import GrpcDoor
+from tce_gateway.http_app import HttpDoor
+from tce_gateway.signatures import SignatureCache
+from tce_gateway.upstream import Triton
+
+
+def config_to_json(config: DoorConfig) -> str:
+    return json.dumps(asdict(config))
+
+
+def config_from_json(text: str) -> DoorConfig:
+    data = json.loads(text)
+    return DoorConfig(replicas=tuple(Replica(**r) for r in data.pop("replicas")),
+                      limits=Limits(**data.pop("limits")), **data)
+
+
+async def serve(config: DoorConfig, stop: asyncio.Event) -> None:
+    triton = Triton(config.replicas, config.limits)
+    await triton.start()
+    signatures = SignatureCache(triton.fetch)
+    runner = web.AppRunner(HttpDoor(config, triton, signatures).app(), auto_decompress=False, access_log=None,
+                           keepalive_timeout=75, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.http_port, reuse_port=True, backlog=1024).start()
+    limit = config.limits.max_body_bytes
+    # The receive limit counts decompressed bytes: a gzip bomb ends here, not in Triton.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers((GrpcDoor(config, triton, signatures).handler(),))
+    server.add_insecure_port(f"{config.host}:{config.grpc_port}")
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=5)
+        await runner.cleanup()
+        await triton.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = config_from_json(Path(args[0]).read_text(encoding="utf-8"))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
