@@ -23,6 +23,21 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# The SDK installs alone: a clean virtual environment with the [client] extra (pinned by the lock)
+# gets no torch, pandas, pytest or locust, and encodes records.
+.PHONY: check-extras
+check-extras: $(STAMP)
+	rm -rf .venv-client && $(PYTHON) -m venv .venv-client
+	.venv-client/bin/python -m pip install -q ".[client]" -c requirements.lock
+	.venv-client/bin/python -c 'import importlib.metadata as m, sys; \
+	    heavy = sorted({d.metadata["Name"].lower() for d in m.distributions()} & {"torch", "pandas", "pytest", "locust"}); \
+	    heavy and sys.exit(f"the [client] extra pulled in {heavy}"); \
+	    from tce_client.schema import EnsembleSchema, TaskInfo; \
+	    s = EnsembleSchema(("t",), ("a",), ("c",), ("a", "c"), (TaskInfo("x", "binary", ("n", "y")),), \
+	                       {"numeric": "numeric_features", "categorical": "categorical_features"}); \
+	    s.encode([{"t": "hi", "a": 1.5, "c": "k"}]); print("pip install .[client]: no torch, pandas, pytest or locust")'
+	rm -rf .venv-client
+
 # The lock resolves from public PyPI alone, ignoring any local wheel folder or extra index.
 .PHONY: check-lock
 check-lock: $(STAMP)
@@ -32,12 +47,12 @@ check-lock: $(STAMP)
 	@echo "requirements.lock resolves from PyPI alone"
 
 bundle: $(BUNDLE)/manifest.json
-$(BUNDLE)/manifest.json: $(STAMP) tce/build/modeling.py tce/build/training.py tce/build/demo_data.py
+$(BUNDLE)/manifest.json: $(STAMP) tce/trainer/modeling.py tce/trainer/training.py tce/lib/demo_data.py
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
 build: $(MODEL)
 # Rebuilt when the builder changes too: a repository of an earlier layout must not linger.
-$(MODEL): $(BUNDLE)/manifest.json tce/build/repository.py tce/build/length_trim.py $(wildcard python_backends/tce_backends/*.py)
+$(MODEL): $(BUNDLE)/manifest.json tce/repository/builder.py tce/models/length_trim.py $(wildcard python_backends/tce_backends/*.py)
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
 demo: build

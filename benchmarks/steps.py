@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import schema_for
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import schema_for
 from tce_backends.bundle import Bundle
 from tce_backends.calibration import LookupTable
 from tce_backends.steps import TabularStep, TokenizerStep

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tce.build.demo_data import make_dataset
+from tce.lib.demo_data import make_dataset
 
 
 def record_pool(size: int = 2000, seed: int = 11) -> list[dict]:

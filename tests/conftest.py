@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.training import TrainingConfig, build_demo_bundle
+from tce.lib.demo_data import make_dataset
+from tce.trainer.training import TrainingConfig, build_demo_bundle
 from tce_backends.bundle import Bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -21,22 +21,19 @@ import importlib
 import random
 import socket
 import time
-from typing import Any, Awaitable, Callable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar
 
 import numpy as np
-import pandas as pd
 
-from tce_backends.contract import DEFAULT_ENSEMBLE
+from tce_backends.contract import DEFAULT_ENSEMBLE, QUEUE_REFUSALS, SCHEMA_PARAMETER
 from tce_backends.errors import UsageError
 
 from .endpoints import host_port
 from .errors import InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError, ServerUnavailableError
 from .results import Prediction, predictions_from_outputs
-from .schema import SCHEMA_PARAMETER, EnsembleSchema, Records
+from .schema import EnsembleSchema, Records
 
 T = TypeVar("T")
-# What Triton says when it refuses a request it never ran (dynamic batcher queue policy).
-_NOT_RUN = ("Exceeds maximum queue size", "Request timeout expired")
 _NOT_CONNECTED = ("Connection refused", "failed to connect", "Failed to connect")
 
 Protocol = Literal["http", "grpc"]
@@ -73,13 +70,13 @@ def batch_slices(rows: int, size: int) -> list[slice]:
 
 
 def _is_empty(records: Records) -> bool:
-    return len(records) == 0 if isinstance(records, (pd.DataFrame, list, tuple)) else False
+    return not isinstance(records, Mapping) and hasattr(records, "__len__") and len(records) == 0
 
 
 def _not_run(error: BaseException) -> bool:
     """True when the server certainly did not run the request, so a retry is safe."""
     message = str(error)
-    return isinstance(error, ConnectionRefusedError) or any(m in message for m in (*_NOT_RUN, *_NOT_CONNECTED))
+    return isinstance(error, ConnectionRefusedError) or any(m in message for m in (*QUEUE_REFUSALS, *_NOT_CONNECTED))
 
 
 def _is_timeout(error: BaseException) -> bool:
@@ -176,7 +173,7 @@ class _Common:
             return RequestTimeoutError(f"no answer from {self.url} within {self.timeout_s:g} s")
         if isinstance(error, InferenceServerException):
             message = error.message() or str(error)
-            if any(m in message for m in _NOT_RUN):
+            if any(m in message for m in QUEUE_REFUSALS):
                 return ServerBusyError(f"the server is overloaded and refused the request ({message}); "
                                        f"retried {self.retries} time(s)")
             if any(m in message for m in _NOT_CONNECTED):

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from . import columns as names
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .schema import EnsembleSchema
 
 
@@ -110,8 +111,10 @@ def output_column_names(schema: "EnsembleSchema") -> list[str]:
     return list(output_columns(schema, empty))
 
 
-def predictions_to_frame(predictions: list[Prediction]) -> pd.DataFrame:
-    """Typed predictions as a prediction file's columns (``prediction_columns``)."""
+def predictions_to_frame(predictions: list[Prediction]) -> "pd.DataFrame":
+    """Typed predictions as a prediction file's columns (``prediction_columns``); needs pandas."""
+    import pandas as pd
+
     if not predictions:
         return pd.DataFrame()
     tasks = [TaskColumns(name, np.stack([p[name].raw for p in predictions]),

@@ -7,24 +7,26 @@ from __future__ import annotations
 import decimal
 import difflib
 import json
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
-import pandas as pd
 
 from tce_backends import contract
+from tce_backends.contract import SCHEMA_PARAMETER  # noqa: F401 - published here for the SDK's users
 
 from .errors import RecordError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from tce_backends.bundle import Manifest
 
-Records = Union[pd.DataFrame, Sequence[Mapping[str, Any]], Mapping[str, Any]]
+Records = Union["pd.DataFrame", Sequence[Mapping[str, Any]], Mapping[str, Any]]
 
-SCHEMA_PARAMETER = "tce_schema"
 
 
 class UnusedColumnsWarning(UserWarning):
@@ -116,107 +118,117 @@ class EnsembleSchema:
         ``allow_missing_fields``; columns the model does not take are reported with an
         ``UnusedColumnsWarning``.
         """
-        frame = _as_frame(records)
-        if len(frame) == 0:
+        table = _RecordTable.of(records)
+        if table.rows == 0:
             raise RecordError(None, "records", "no records to encode")
-        rows = len(frame)
         inputs: dict[str, np.ndarray] = {}
         for text_field in self.text_fields:
-            inputs[text_field] = _strings(frame, text_field, rows, text=True)[:, None]
+            inputs[text_field] = _strings(table, text_field, text=True)[:, None]
         if self.numeric_features:
-            inputs[self.inputs["numeric"]] = np.stack([_numbers(frame, f, rows) for f in self.numeric_features], axis=1)
+            inputs[self.inputs["numeric"]] = np.stack([_numbers(table, f) for f in self.numeric_features], axis=1)
         if self.categorical_features:
             inputs[self.inputs["categorical"]] = np.stack(
-                [_strings(frame, f, rows, text=False) for f in self.categorical_features], axis=1)
-        unknown = self.check_fields(frame.columns, allow_missing_fields)
+                [_strings(table, f, text=False) for f in self.categorical_features], axis=1)
+        unknown = self.check_fields(table.names, allow_missing_fields)
         if unknown:
             warnings.warn(UnusedColumnsWarning(f"columns the model does not take were left out: {', '.join(unknown)}"),
                           stacklevel=3)
         return inputs
 
 
-def _as_frame(records: Records) -> pd.DataFrame:
-    if isinstance(records, pd.DataFrame):
-        return records.reset_index(drop=True)
-    if isinstance(records, Mapping):
-        records = [records]
-    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
-        raise RecordError(None, "records", "expected a DataFrame, a dict or a list of dicts")
-    for index, record in enumerate(records):
-        if not isinstance(record, Mapping):
-            raise RecordError(index, "record", f"expected a dict, got {type(record).__name__}")
-    # [{}] is one record, not none. Objects as given: inferring column types here would fail on
-    # the records this module must name (a lone surrogate, an int beyond float range).
-    return pd.DataFrame(list(records), index=pd.RangeIndex(len(records)), dtype=object)
+@dataclass(frozen=True)
+class _RecordTable:
+    """Records as columns: a DataFrame's own columns (no copy), or each field of a list of
+    dicts as given. pandas is needed only by a caller who has DataFrames."""
+
+    rows: int
+    names: tuple[str, ...]
+    column: Callable[[str], Sequence[Any]]
+
+    @classmethod
+    def of(cls, records: Records) -> "_RecordTable":
+        if hasattr(records, "columns") and hasattr(records, "iloc"):  # a pandas DataFrame
+            frame = records
+            names = tuple(str(c) for c in frame.columns)
+            return cls(len(frame), names, lambda field: frame[field].to_numpy())
+        if isinstance(records, Mapping):
+            records = [records]
+        if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+            raise RecordError(None, "records", "expected a DataFrame, a dict or a list of dicts")
+        names: dict[str, None] = {}
+        for index, record in enumerate(records):
+            if not isinstance(record, Mapping):
+                raise RecordError(index, "record", f"expected a dict, got {type(record).__name__}")
+            names.update(dict.fromkeys(str(key) for key in record))
+        keyed = [{str(k): v for k, v in record.items()} for record in records]
+        return cls(len(keyed), tuple(names), lambda field: [record.get(field) for record in keyed])
+
+    def get(self, field: str) -> Sequence[Any] | None:
+        return self.column(field) if field in self.names else None
 
 
-def _numbers(frame: pd.DataFrame, field: str, rows: int) -> np.ndarray:
-    if field not in frame:
-        return np.full(rows, np.nan)
-    column = frame[field]
-    _refuse_non_numbers(column, field)
-    try:
-        values = pd.to_numeric(column, errors="raise")
-        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
-    except (ValueError, TypeError, OverflowError):
-        index = next((i for i, v in enumerate(column.to_numpy()) if not _converts(v)), None)
-        value = column.iloc[index] if index is not None else None
-        raise RecordError(index, field, f"expected a number or null (within float range), got {_short(value)}"
-                          ) from None
-    if np.isinf(values).any():
-        index = int(np.flatnonzero(np.isinf(values))[0])
+def _numbers(table: _RecordTable, field: str) -> np.ndarray:
+    values = table.get(field)
+    if values is None:
+        return np.full(table.rows, np.nan)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        numbers_ = values.astype(np.float64)
+    elif isinstance(values, np.ndarray) and values.dtype.kind in "mMc":
+        # dates, durations and complex numbers would convert silently (nanoseconds, the real part)
+        index = next((i for i, v in enumerate(values) if not _null(v)), 0)
+        raise RecordError(index, field, f"expected a number or null, got {_short(values[index])} ({values.dtype})")
+    else:
+        numbers_ = np.array([_number(index, value, field) for index, value in enumerate(values)], dtype=np.float64)
+    if np.isinf(numbers_).any():
+        index = int(np.flatnonzero(np.isinf(numbers_))[0])
         raise RecordError(index, field, "infinite values (or numbers beyond float range) are not allowed; use null "
                                         "for a missing value")
-    return values
+    return numbers_
 
 
-def _refuse_non_numbers(column: pd.Series, field: str) -> None:
-    """Dates, durations and complex numbers convert to numbers silently (nanoseconds, the
-    real part): a mistake, refused. Numbers, numeric text and nulls pass."""
-    if column.dtype.kind in "mMc":
-        index = int(np.flatnonzero(column.notna().to_numpy())[0]) if column.notna().any() else 0
-        raise RecordError(index, field, f"expected a number or null, got {_short(column.iloc[index])} "
-                                        f"({column.dtype})")
-    if column.dtype.kind == "O":
-        for index, value in enumerate(column.to_numpy()):
-            if not (isinstance(value, (numbers.Real, decimal.Decimal, str, bytes)) or _null(value)):
-                raise RecordError(index, field, f"expected a number or null, got {_short(value)}")
-
-
-def _strings(frame: pd.DataFrame, field: str, rows: int, text: bool) -> np.ndarray:
-    if field not in frame:
-        return np.full(rows, b"", dtype=np.object_)
-    column = frame[field].astype(object)
-    column = column.where(column.notna(), "")
-    scalar = (str, bytes) if text else (str, bytes, numbers.Number)
-    wrong = ~column.map(lambda v: isinstance(v, scalar)).to_numpy(dtype=bool)
-    if wrong.any():
-        index = int(np.flatnonzero(wrong)[0])
-        raise RecordError(index, field, f"expected {'text' if text else 'a category (text)'}, got "
-                                        f"{type(column.iloc[index]).__name__}")
-
-    def encoded(index: int, value: object) -> bytes:
-        if isinstance(value, bytes):
-            return value
+def _number(index: int, value: Any, field: str) -> float:
+    """A number, numeric text or null (NaN); dates, complex numbers and the like are refused."""
+    if _null(value):
+        return math.nan
+    if isinstance(value, (numbers.Real, decimal.Decimal, str, bytes)):
         try:
-            return str(value).encode("utf-8")
-        except UnicodeEncodeError as error:  # a lone surrogate: not text any server can read
-            raise RecordError(index, field, f"is not valid Unicode text ({error.reason} at position "
-                                            f"{error.start})") from None
-
-    return np.array([encoded(i, v) for i, v in enumerate(column.to_numpy())] if len(column) else [],
-                    dtype=np.object_)
+            return float(value)
+        except (ValueError, OverflowError):
+            pass
+    raise RecordError(index, field, f"expected a number or null (within float range), got {_short(value)}")
 
 
-def _converts(value: object) -> bool:
+def _strings(table: _RecordTable, field: str, text: bool) -> np.ndarray:
+    values = table.get(field)
+    if values is None:
+        return np.full(table.rows, b"", dtype=np.object_)
+    scalar = (str, bytes) if text else (str, bytes, numbers.Number)
+    encoded = np.empty(len(values), dtype=np.object_)
+    for index, value in enumerate(values):
+        if _null(value):
+            encoded[index] = b""
+        elif not isinstance(value, scalar):
+            raise RecordError(index, field, f"expected {'text' if text else 'a category (text)'}, got "
+                                            f"{type(value).__name__}")
+        elif isinstance(value, bytes):
+            encoded[index] = value
+        else:
+            try:
+                encoded[index] = str(value).encode("utf-8")
+            except UnicodeEncodeError as error:  # a lone surrogate: not text any server can read
+                raise RecordError(index, field, f"is not valid Unicode text ({error.reason} at position "
+                                                f"{error.start})") from None
+    return encoded
+
+
+def _null(value: Any) -> bool:
+    """None, NaN, and pandas' NA and NaT: a missing value."""
+    if value is None:
+        return True
     try:
-        return _null(value) or np.isfinite(float(value))  # type: ignore[arg-type]
-    except (ValueError, TypeError, OverflowError):
-        return False
-
-
-def _null(value: object) -> bool:
-    return pd.api.types.is_scalar(value) and bool(pd.isna(value))
+        return bool(value != value)  # NaN and NaT differ from themselves
+    except (TypeError, ValueError):
+        return value is not None and type(value).__name__ in ("NAType", "NaTType")
 
 
 def _short(value: object) -> str:

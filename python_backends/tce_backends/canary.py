@@ -36,10 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .contract import DEFAULT_ENSEMBLE as DEFAULT_MODEL
-
-SCHEMA_PARAMETER = "tce_schema"
-# Triton's words for a request refused because of load: the server works, it is busy.
-_BUSY = ("Exceeds maximum queue size", "Request timeout expired")
+from .contract import QUEUE_REFUSALS, SCHEMA_PARAMETER
 
 
 def _get_json(url: str, timeout_s: float) -> Any:
@@ -69,7 +66,7 @@ class Canary:
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self._body: bytes | None = None
-        self._tasks: list[str] = []
+        self._calibrated: list[str] = []  # each task's calibrated output, as the schema publishes it
 
     def probe(self) -> str | None:
         """None when the ensemble answered every canary plausibly, else what went wrong."""
@@ -78,7 +75,7 @@ class Canary:
                 config = _get_json(f"{self.base}/v2/models/{self.model}/config", self.timeout_s)
                 schema = json.loads(config["parameters"][SCHEMA_PARAMETER]["string_value"])
                 self._body = canary_body(schema)
-                self._tasks = [task["name"] for task in schema["tasks"]]
+                self._calibrated = [task["outputs"]["calibrated"] for task in schema["tasks"]]
         except urllib.error.HTTPError as error:
             return f"cannot read the ensemble's schema: HTTP {error.code}: {_error_text(error)}"
         except (OSError, urllib.error.URLError) as error:
@@ -98,17 +95,17 @@ class Canary:
                 outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}
         except urllib.error.HTTPError as error:
             text = _error_text(error)
-            if any(busy in text for busy in _BUSY):
+            if any(busy in text for busy in QUEUE_REFUSALS):
                 return None
             return f"canary inference failed: HTTP {error.code}: {text}"
         except (OSError, urllib.error.URLError) as error:
             return f"canary inference failed: {getattr(error, 'reason', error)}"
         except (ValueError, KeyError, TypeError) as error:
             return f"canary inference returned an unreadable answer: {error!r}"
-        for task in self._tasks:
-            scores = outputs.get(f"{task}_calibrated")
+        for name in self._calibrated:
+            scores = outputs.get(name)
             if not scores or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores):
-                return f"canary inference returned no finite '{task}_calibrated' scores"
+                return f"canary inference returned no finite '{name}' scores"
         return None
 
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 DEFAULT_ENSEMBLE = "calibrated_ensemble"  # the one home of the ensemble's default name
+# The ensemble config parameter holding the schema a client reads (tce_client.schema).
+SCHEMA_PARAMETER = "tce_schema"
+# Triton's words for a request it refused without running it (dynamic batcher queue policy):
+# the server works, it is busy; a retry is safe.
+QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired")
 
 NUMERIC_FEATURES = "numeric_features"
 CATEGORICAL_FEATURES = "categorical_features"
@@ -27,7 +32,7 @@ PROBABILITIES = "probabilities"
 CALIBRATION_VERSION = "calibration_version"
 CALIBRATION_FALLBACK = "calibration_fallback"
 
-# What model.pt raises for a token id outside its vocabulary (tce/build/modeling.py); the
+# What model.pt raises for a token id outside its vocabulary (tce/trainer/modeling.py); the
 # Python host turns it into an invalid-argument error naming the input.
 TOKEN_RANGE_ERROR = "token ids must be in [0, vocab_size)"
 

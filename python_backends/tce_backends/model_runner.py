@@ -39,7 +39,7 @@ class ModelRunner:
             with torch.inference_mode():
                 output = self.module(*tensors)
         except (RuntimeError, torch.jit.Error) as error:  # TorchScript wraps what the model raises
-            # Ours (tce/build/modeling.py), or torch's embedding lookup in a model.pt from elsewhere (CPU).
+            # Ours (tce/trainer/modeling.py), or torch's embedding lookup in a model.pt from elsewhere (CPU).
             if TOKEN_RANGE_ERROR in str(error) or "index out of range in self" in str(error):
                 raise InputError("input_ids", TOKEN_RANGE_ERROR) from None
             raise

@@ -1,1 +1,3 @@
-"""Jobs over prediction files: reading and writing tables, metrics."""
+"""Jobs that orchestrate: batch prediction and evaluation, calibration (fit, apply, report,
+publish), benchmark, capacity, the demo, the load test and the SageMaker archive. Commands
+call them; they call the layers below."""

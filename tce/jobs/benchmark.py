@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tce.build.demo_data import make_dataset
+from tce.lib.demo_data import make_dataset
 from tce_backends import contract
 from tce_backends.bundle import MODEL_FILE, Manifest
 from tce_backends.errors import UsageError
@@ -137,7 +137,7 @@ class InProcessModel:
 
         import torch
 
-        from tce.build.length_trim import TRIM_ATTRIBUTE, is_length_aware
+        from tce.models.length_trim import TRIM_ATTRIBUTE, is_length_aware
 
         self.torch = torch
         self.device = pick_device(device)

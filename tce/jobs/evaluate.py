@@ -3,7 +3,7 @@
 Labelled records are scored through the served ensemble (``tce predict``'s batch job,
 resumable, into ``OUT/.scoring``), or an already scored predictions file is read.
 For every task the raw and the calibrated scores are evaluated side by side
-(``tce.jobs.evaluation``), plots drawn (``tce.jobs.plots``), and, given a previous
+(``tce.lib.evaluation_metrics``), plots drawn (``tce.lib.plots``), and, given a previous
 model's score column, the two models compared. ``OUT`` receives
 ``eval_predictions.<fmt>``, ``metrics.json``, ``metrics_summary.txt``, the PNGs, and
 ``_SUCCESS`` and ``_HEALTH`` last.
@@ -20,11 +20,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from tce.calibration.calibrate import true_labels
-from tce.jobs import evaluation, plots
-from tce.jobs.parts import HEALTH, SUCCESS, write_markers
 from tce.jobs.predict import PredictJob, run_predict
-from tce.jobs.tables import TableSource, file_format, read_frame
+from tce.lib import evaluation_metrics as evaluation
+from tce.lib import plots
+from tce.lib.labels import true_labels
+from tce.lib.parts import HEALTH, SUCCESS, write_markers
+from tce.lib.tables import TableSource, file_format, read_frame
 from tce_backends.bundle import Manifest
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec

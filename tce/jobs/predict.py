@@ -7,7 +7,7 @@ Output: a directory with ``inference_predictions.<fmt>``, ``_SUCCESS`` and
 The input is read and scored in chunks of ``chunk_rows`` rows, so memory stays flat
 however long the file; each chunk's rows go out as many requests at once through the
 asyncio client (``max_in_flight``), and the next chunk is read and encoded while one
-is being scored. Every finished chunk is saved (``tce.jobs.parts``): after a crash, a
+is being scored. Every finished chunk is saved (``tce.lib.parts``): after a crash, a
 dead server or Ctrl-C, the same command continues where the job stopped, and the
 output still holds every input row once, in input order.
 """
@@ -26,9 +26,9 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from tce.jobs.parts import JobDirectory, Render
-from tce.jobs.progress import Progress
-from tce.jobs.tables import EXTENSIONS, TableSource, write_table_text
+from tce.lib.parts import JobDirectory, Render
+from tce.lib.progress import Progress
+from tce.lib.tables import EXTENSIONS, TableSource, write_table_text
 from tce_backends.errors import TceError, UsageError
 from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, ClientError, RecordError, UnusedColumnsWarning
 from tce_client.client import batch_slices

@@ -35,9 +35,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tce.seed.errors import SeedImportError
 from tce_backends.bundle import Bundle, Manifest
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
-from tce_backends.errors import BundleError
 from tce_backends.features import FeatureLayout
 from tce_backends.tabular import RiskTable, TabularPreprocessor
 from tce_backends.tasks import TaskSpec
@@ -58,10 +58,6 @@ SAFE_GLOBALS = {
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
 }
-
-
-class SeedImportError(BundleError):
-    """A seed artifact is missing, unknown or malformed."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -215,7 +211,7 @@ def _installed_tokenizer(name: str) -> str | None:
     """A tokenizer named by its Hugging Face name, from an installed package or the local
     cache; never downloaded."""
     if name.rsplit("/", 1)[-1].lower() == "all-minilm-l6-v2":  # the package this project ships with
-        from tce.build.training import minilm_dir
+        from tce.models.encoders import minilm_dir
 
         return (minilm_dir() / "tokenizer.json").read_text(encoding="utf-8")
     try:
@@ -385,7 +381,7 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
             notes.append(export_lightning(root / "model.pth", root / "model_artifacts.pth", str(model_class), text,
                                           layout.names, tasks, model_path))
         module = _check_model(model_path, 2 * len(fields) + 1)
-        from tce.build.model_check import check_probabilities  # torch, only here
+        from tce.models.model_check import check_probabilities  # torch, only here
 
         check_probabilities(module, model_path.name, text, len(layout.names), tasks)
         Bundle.write(destination, manifest, model_path, text, tabular, Calibrator(tasks, calibrations))

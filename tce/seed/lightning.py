@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tce.build.length_trim import run_numpy, sample_batches
-from tce.seed.importer import SeedImportError
+from tce.models.length_trim import run_numpy, sample_batches
+from tce.seed.errors import SeedImportError
 from tce_backends.tasks import TaskSpec
 from tce_backends.text import TextPreprocessor
 

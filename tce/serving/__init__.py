@@ -1,1 +1,2 @@
-"""Serving: the embedded Triton server, its gateway and admin key, the demo and load test."""
+"""Serving: the embedded Triton server and its supervisor (restarts, replicas behind the
+gateway), the admin key and the processes it starts."""

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import write_repository
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import write_repository
 from tce.serving.processes import kill_group
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_client import CalibratedClassifierClient, predictions_to_frame
@@ -171,8 +171,8 @@ def _tamper(part: Path, how: str) -> None:
 
 def _partial_run(job, stop_after: int, monkeypatch) -> None:
     """A run killed after ``stop_after`` chunks were saved."""
-    from tce.jobs.parts import JobDirectory
     from tce.jobs.predict import run_predict
+    from tce.lib.parts import JobDirectory
 
     original, saved = JobDirectory.write, []
 
@@ -210,8 +210,8 @@ def test_tampered_parts_are_scored_again_never_trusted(server, tmp_path, monkeyp
 
 
 def test_a_part_changed_during_the_run_is_caught_before_the_markers(server, tmp_path, monkeypatch):
-    from tce.jobs.parts import JobDirectory
     from tce.jobs.predict import PredictJob, run_predict
+    from tce.lib.parts import JobDirectory
 
     frame = records(300, seed=32)
     frame.to_csv(tmp_path / "in.csv", index=False)
@@ -238,7 +238,7 @@ def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path, monkey
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tce.jobs.parts import JobDirectory
+    from tce.lib.parts import JobDirectory
     from tce_backends.errors import UsageError
 
     job = JobDirectory(tmp_path / "out", {"x": 1}, ("result.csv",))

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import write_repository
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends.bundle import Bundle
 from tests.seed_layout import write_seed

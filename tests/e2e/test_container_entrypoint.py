@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tce.serving.server import _library_path, _prepare_backends, free_ports, remove_shared_memory, triton_root
 from tce_backends.canary import Canary
 from tests.conftest import REPO_ROOT
@@ -143,7 +143,7 @@ def test_serve_runs_sagemaker_mode_on_the_packaged_archive(image_like, bimodal_b
     import tarfile
     import urllib.request
 
-    from tce.serving.sagemaker import package_sagemaker
+    from tce.jobs.sagemaker import package_sagemaker
 
     package_sagemaker(bimodal_bundle.root, tmp_path / "model.tar.gz")
     with tarfile.open(tmp_path / "model.tar.gz") as archive:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tce_gateway.errors import GatewayError
 from tce_gateway.launcher import find_nginx
 from tests.attacks import _grpc_request

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tce.serving.server import free_ports
 from tce_backends.canary import Canary
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import write_repository
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
 pytestmark = pytest.mark.e2e

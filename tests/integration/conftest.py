@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends.bundle import Bundle
 

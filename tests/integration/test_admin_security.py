@@ -15,24 +15,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tce.build.repository import write_repository
-from tce.calibration.calibrate import publish
+from tce.jobs.calibrate import publish
+from tce.repository.builder import write_repository
 from tce.serving.security import ADMIN_KEY_HEADER, grpc_headers, http_headers
 from tce_backends.bundle import Bundle
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
+from tests.attacks import EVIL_CONFIG, EVIL_MODEL_PY
 from tests.hostile import post
 from tests.integration.conftest import start_server
 
 pytestmark = pytest.mark.integration
-EVIL_MODEL_PY = b"""
-import pathlib
-pathlib.Path({marker!r}).write_text("the caller's code ran on the server")
-class TritonPythonModel:
-    def execute(self, requests):
-        return []
-"""
-EVIL_CONFIG = 'name: "evil" backend: "python" max_batch_size: 0 input [{name: "x" data_type: TYPE_FP32 dims: [1]}] ' \
-              'output [{name: "y" data_type: TYPE_FP32 dims: [1]}]'
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def explicit_server(bimodal_bundle, tmp_path_factory):
 
 
 def _load_code_body(marker: Path) -> bytes:
-    source = EVIL_MODEL_PY.replace(b"{marker!r}", repr(str(marker)).encode())
+    source = EVIL_MODEL_PY.format(marker=str(marker)).encode()
     return json.dumps({"parameters": {"config": EVIL_CONFIG,
                                       "file:1/model.py": base64.b64encode(source).decode()}}).encode()
 
@@ -163,7 +155,7 @@ def test_publish_refuses_other_classes_and_tables_outside_the_unit_interval(expl
 
 def test_a_version_the_server_cannot_load_is_removed_again(explicit_server, bimodal_bundle, tmp_path, monkeypatch):
     """The server refuses it (here: a model.py that fails to start); the next start must not trip on it."""
-    import tce.calibration.calibrate as calibrate
+    import tce.jobs.calibrate as calibrate
 
     real = calibrate.write_step_version
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import tritonclient.http as httpclient
 
-from tce.build.repository import write_repository
-from tce.build.training import TrainingConfig, build_demo_bundle, demo_tasks
+from tce.repository.builder import write_repository
+from tce.trainer.training import TrainingConfig, build_demo_bundle, demo_tasks
 from tce_backends.bundle import Bundle
 from tce_backends.tasks import TaskSpec
 from tce_client import DEFAULT_MODEL, CalibratedClassifierClient

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tce.build.repository import write_repository
+from tce.repository.builder import write_repository
 from tce.serving.security import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
 from tce.serving.server import free_ports
 from tce_client import CalibratedClassifierClient

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcaio
 
-from tce.build.repository import RepositoryOptions, write_repository
+from tce.repository.builder import RepositoryOptions, write_repository
 from tce_client import CalibratedClassifierClient, ServerBusyError
 from tests.integration.conftest import start_server
 

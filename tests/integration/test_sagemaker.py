@@ -9,13 +9,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import write_repository
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
-from tce_backends import sagemaker_handler
 from tce_client.schema import schema_for
 from tce_gateway.errors import GatewayError
 from tce_gateway.launcher import Gateway, find_nginx
+from tce_sagemaker import handler as sagemaker_handler
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tce.build.repository import write_repository
-from tce.calibration.calibrate import publish
+from tce.jobs.calibrate import publish
+from tce.repository.builder import write_repository
 from tce.seed.importer import import_seed
 from tce.serving.server import EmbeddedServer
 from tce_backends.bundle import Bundle

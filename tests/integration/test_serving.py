@@ -11,7 +11,7 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from tce.build.length_trim import run_numpy
+from tce.models.length_trim import run_numpy
 from tce_backends import graph
 from tce_backends.reference import ReferencePipeline
 from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, CalibratedClassifierClient

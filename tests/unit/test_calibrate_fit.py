@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce.build.demo_data import make_dataset
-from tce.build.repository import schema_for
-from tce.build.training import task_labels
-from tce.calibration.calibrate import fit, report
+from tce.jobs.calibrate import fit, report
+from tce.lib.demo_data import make_dataset
+from tce.repository.builder import schema_for
+from tce.trainer.training import task_labels
 from tce_backends.bundle import Bundle
 from tce_backends.reference import ReferencePipeline
 

@@ -12,7 +12,9 @@ from tce.serving.server import free_ports
 from tce_backends.canary import Canary, canary_body, stub_counts
 
 SCHEMA = {"text_fields": ["dialogue"], "numeric_features": ["a", "b"], "categorical_features": ["c"],
-          "feature_order": ["a", "b", "c"], "tasks": [{"name": "abuse", "kind": "binary", "classes": ["n", "y"]}]}
+          "feature_order": ["a", "b", "c"], "tasks": [{"name": "abuse", "kind": "binary", "classes": ["n", "y"],
+                                                       "outputs": {"raw": "abuse_raw", "calibrated": "abuse_calibrated",
+                                                                   "label": "abuse_label"}}]}
 
 
 def test_the_canary_record_has_every_input_at_its_default():

@@ -33,7 +33,7 @@ def test_a_usage_error_is_one_line_and_exit_2(tmp_path, capsys):
 def test_a_bug_keeps_its_traceback(monkeypatch, bimodal_bundle, tmp_path):
     import pytest
 
-    import tce.build.repository as repository
+    import tce.repository.builder as repository
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")

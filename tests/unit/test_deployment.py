@@ -9,8 +9,8 @@ import textwrap
 import pytest
 import yaml
 
-from tce.build.repository import LIBTORCH_CONFIG_NAME
 from tce.cli import DEFAULT_REPOSITORY
+from tce.repository.builder import LIBTORCH_CONFIG_NAME
 from tce.serving.server import NGC_RELEASE
 from tests.conftest import REPO_ROOT
 
@@ -172,26 +172,62 @@ def test_cpu_server_installs_the_cpu_only_torch_build():
     assert "--index-url https://download.pytorch.org/whl/cpu" in _stages()["server-cpu"]
 
 
+def _extra(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
+    """Distribution names an extra of pyproject.toml asks for, its own extras followed."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names: set[str] = set()
+    for requirement in project["optional-dependencies"][name]:
+        base = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+        if base == project["name"]:
+            for inner in re.search(r"\[(.*)\]", requirement).group(1).split(","):
+                if inner not in seen:
+                    names |= _extra(inner, seen | {name})
+        else:
+            names.add(base)
+    return names
+
+
+def _pins(path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    return pins
+
+
+@pytest.mark.parametrize("extra, requirements", [("steps", "requirements-server.txt"),
+                                                 ("gateway", "requirements-gateway.txt")])
+def test_image_requirements_are_the_projects_extras_pinned_by_the_lock(extra, requirements):
+    pins = _pins(REPO_ROOT / "docker" / requirements)
+    assert set(pins) == _extra(extra)
+    lock = _lock()
+    assert all(lock[name] == version for name, version in pins.items())
+
+
+def test_the_client_extra_needs_neither_torch_nor_the_test_tools():
+    client = _extra("client")
+    assert client == {"numpy", "tritonclient"}
+    for heavy in ("torch", "pytest", "locust", "pandas", "ruff", "kubernetes-validate"):
+        assert heavy not in client | _extra("steps") | _extra("gateway")
+    assert {"pytest", "ruff", "kubernetes-validate"} <= _extra("dev") and not {"pytest", "ruff"} & _extra("server")
+    # the lock installs everything make test needs: every distribution of every extra is pinned
+    lock = _lock()
+    missing = sorted(n for n in _extra("dev") if n.replace("_", "-") not in lock and n not in lock)
+    assert not missing, missing
+
+
 def test_dockerfile_adds_only_what_the_python_steps_need():
     stages = _stages()
     lock = _lock()
     assert "torch" not in stages["server"], "the GPU image runs model.pt on libtorch: no Python torch"
     assert "requirements-server.txt" in stages["server"]
-    pins = {}
-    for line in (REPO_ROOT / "docker" / "requirements-server.txt").read_text(encoding="utf-8").splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower()] = version
-    assert pins == {"numpy": lock["numpy"], "tokenizers": lock["tokenizers"]}
-    gateway_pins = {}
-    for line in (REPO_ROOT / "docker" / "requirements-gateway.txt").read_text(encoding="utf-8").splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==")
-            gateway_pins[name.lower()] = version
-    assert gateway_pins and all(lock[name] == version for name, version in gateway_pins.items())
     for stage in ("server", "gateway"):
         assert "requirements-gateway.txt -c /opt/tce/requirements.lock" in stages[stage]
         assert "nginx-light" in stages[stage]
+    assert '".[loadtest]" -c requirements.lock' in stages["loadtest"]
     torch_version = re.search(r"ARG TORCH_VERSION=(\S+)", stages["server-cpu"]).group(1)
     assert lock["torch"].startswith(torch_version)
 

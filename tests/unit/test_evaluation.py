@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as sk
 
 from tce.jobs.evaluate import EvaluateJob, run_evaluate
-from tce.jobs.evaluation import binary_metrics, compare, delong_test
+from tce.lib.evaluation_metrics import binary_metrics, compare, delong_test
 from tce_backends.errors import UsageError
 
 ROWS = 400
@@ -37,17 +37,18 @@ def _scored_file(path, seed: int = 0) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-@pytest.fixture
-def scored(tmp_path):
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("scored")  # one evaluation (plots included) for every test reading it
     frame = _scored_file(tmp_path / "scored.csv")
     report = run_evaluate(EvaluateJob(tmp_path / "eval", predictions=tmp_path / "scored.csv",
                                       previous_score_field="previous_abuse_score", compare_task="abuse",
                                       bootstrap_samples=50))
-    return frame, report, json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    return frame, report, json.loads((tmp_path / "eval" / "metrics.json").read_text()), tmp_path / "eval"
 
 
 def test_binary_metrics_agree_with_scikit_learn(scored):
-    frame, _, metrics = scored
+    frame, _, metrics, _ = scored
     y = frame["label_abuse"].to_numpy()
     for kind, column in (("raw", "abuse_prob_class_1"), ("calibrated", "abuse_calibrated_prob_class_1")):
         got, p = metrics["tasks"]["abuse"][kind], frame[column].to_numpy()
@@ -63,7 +64,7 @@ def test_binary_metrics_agree_with_scikit_learn(scored):
 
 
 def test_multiclass_metrics_agree_with_scikit_learn(scored):
-    frame, _, metrics = scored
+    frame, _, metrics, _ = scored
     y = frame["label_reason"].to_numpy()
     for kind, infix in (("raw", ""), ("calibrated", "calibrated_")):
         got = metrics["tasks"]["reason"][kind]
@@ -83,9 +84,8 @@ def test_multiclass_metrics_agree_with_scikit_learn(scored):
         assert 0 <= got["ece"] <= got["mce"] <= 1
 
 
-def test_outputs_plots_and_markers(scored, tmp_path):
-    _, report, metrics = scored
-    out = tmp_path / "eval"
+def test_outputs_plots_and_markers(scored):
+    _, report, metrics, out = scored
     assert metrics["records"] == ROWS and metrics["comparison"]["task"] == "abuse"
     names = {p.name for p in out.iterdir()}
     assert {"metrics.json", "metrics_summary.txt", "eval_predictions.csv", "_SUCCESS", "_HEALTH"} <= names

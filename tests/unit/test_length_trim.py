@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tce.build.length_trim import TOLERANCE, is_length_aware, make_length_aware, run_numpy, sample_batches
+from tce.models.length_trim import TOLERANCE, is_length_aware, make_length_aware, run_numpy, sample_batches
 
 
 @pytest.mark.parametrize("bundle_name", ["bimodal_bundle", "trimodal_bundle"])
@@ -85,7 +85,7 @@ def test_our_own_model_is_left_as_it_is(bimodal_bundle, tmp_path):
     (PaddingSensitive, "model.pt: served untrimmed ("),
 ])
 def test_the_build_says_how_a_model_from_elsewhere_is_served(model_class, message, bimodal_bundle, tmp_path):
-    from tce.build.repository import write_repository
+    from tce.repository.builder import write_repository
     from tce_backends.bundle import Bundle
 
     root = tmp_path / "bundle"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tce.build.model_check import NotProbabilitiesError, check_probabilities
-from tce.build.repository import write_repository
+from tce.models.model_check import NotProbabilitiesError, check_probabilities
+from tce.repository.builder import write_repository
 from tce.seed.importer import import_seed
 from tce_backends.bundle import Bundle
 from tests.seed_layout import write_seed

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from tce.build.modeling import BertEncoder, wrap_for_export
-from tce.build.repository import schema_for
-from tce.build.training import minilm_dir
+from tce.models.encoders import minilm_dir
+from tce.repository.builder import schema_for
+from tce.trainer.modeling import BertEncoder, wrap_for_export
 from tce_backends.bundle import Bundle
 from tce_backends.model_runner import ModelRunner
 from tce_backends.reference import ReferencePipeline
@@ -47,7 +47,7 @@ def test_torchscript_and_eager_agree_through_the_reference_pipeline(bundle_name,
 
 
 def _eager_copy(bundle: Bundle, scripted: ModelRunner):
-    from tce.build.modeling import BertConfig, MultimodalClassifier
+    from tce.trainer.modeling import BertConfig, MultimodalClassifier
 
     state = scripted.module.state_dict()
     core_state = {k.removeprefix("core."): v for k, v in state.items()}

@@ -1,4 +1,4 @@
-"""tce.jobs.parts: saved chunks, the job's identity, markers only at the end."""
+"""tce.lib.parts: saved chunks, the job's identity, markers only at the end."""
 from __future__ import annotations
 
 import re
@@ -6,7 +6,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from tce.jobs.parts import HEALTH, SUCCESS, JobDirectory
+from tce.lib.parts import HEALTH, SUCCESS, JobDirectory
 from tce_backends.errors import UsageError
 
 IDENTITY = {"input files": [{"file": "in.csv", "bytes": 10}], "--chunk-rows": 2}

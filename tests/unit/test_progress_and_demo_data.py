@@ -1,12 +1,12 @@
-"""tce.jobs.progress (plain lines off a terminal) and tce demo-data's records."""
+"""tce.lib.progress (plain lines off a terminal) and tce demo-data's records."""
 from __future__ import annotations
 
 import io
 
 import pytest
 
-from tce.build.demo_data import PREVIOUS_SCORE, demo_records
-from tce.jobs.progress import Progress
+from tce.lib.demo_data import PREVIOUS_SCORE, demo_records
+from tce.lib.progress import Progress
 from tce_backends.errors import UsageError
 
 

@@ -5,7 +5,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from tce.build.repository import (
+from tce.repository.builder import (
     LIBTORCH_CONFIG_NAME,
     MODEL_PY,
     RepositoryOptions,
@@ -13,7 +13,7 @@ from tce.build.repository import (
     model_py_source,
     write_repository,
 )
-from tce.build.training import TrainingConfig, demo_manifest, demo_text_fields
+from tce.trainer.training import TrainingConfig, demo_manifest, demo_text_fields
 from tce_backends import graph
 from tce_client import DEFAULT_MODEL
 from tests.conftest import REPO_ROOT

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tce.calibration.calibrate import apply as apply_calibration
-from tce.calibration.calibrate import report
-from tce.seed.importer import SeedImportError, import_seed
+from tce.jobs.calibrate import apply as apply_calibration
+from tce.jobs.calibrate import report
+from tce.seed.errors import SeedImportError
+from tce.seed.importer import import_seed
 from tce_backends.bundle import Bundle
 from tests.seed_layout import seed_calibrated, write_seed
 
@@ -78,7 +79,7 @@ def test_pickle_with_code_is_refused(binary_bundle, tmp_path):
 
 
 def test_vocab_txt_is_turned_into_a_fast_tokenizer(binary_bundle, tmp_path):
-    from tce.build.training import minilm_dir
+    from tce.models.encoders import minilm_dir
 
     write_seed(binary_bundle, tmp_path / "seed", "none")
     os.remove(tmp_path / "seed" / "tokenizer.json")
@@ -210,7 +211,7 @@ def test_links_out_of_the_seed_directory_are_refused(binary_bundle, tmp_path):
 def test_a_tokenizer_named_by_its_hub_name_is_found_locally_never_downloaded(binary_bundle, tmp_path):
     import json
 
-    from tce.build.training import minilm_dir
+    from tce.models.encoders import minilm_dir
 
     write_seed(binary_bundle, tmp_path / "seed", "none")
     os.remove(tmp_path / "seed" / "tokenizer.json")

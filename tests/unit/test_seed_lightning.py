@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tce.build.length_trim import run_numpy, sample_batches
 from tce.cli import main
-from tce.seed.importer import SeedImportError, import_seed
+from tce.models.length_trim import run_numpy, sample_batches
+from tce.seed.errors import SeedImportError
+from tce.seed.importer import import_seed
 from tce_backends.bundle import Bundle
 from tests.seed_layout import write_seed
 from tests.seed_models import DialogueClassifier, LightningDialogueClassifier

@@ -1,4 +1,4 @@
-"""tce.jobs.tables: files and directories streamed as fixed chunks."""
+"""tce.lib.tables: files and directories streamed as fixed chunks."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tce.jobs.tables import TableSource, input_files, write_table_text
+from tce.lib.tables import TableSource, input_files, write_table_text
 from tce_backends.errors import UsageError
 
 

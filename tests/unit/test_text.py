@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tce.build.training import FULL_STEPS, minilm_dir
+from tce.models.encoders import minilm_dir
+from tce.trainer.training import FULL_STEPS
 from tce_backends.errors import BundleError
 from tce_backends.text import TextFieldConfig, TextPreprocessor, clean_batch
 

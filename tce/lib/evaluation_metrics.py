@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as sk
 
-from tce.jobs.metrics import calibration_error
+from tce.lib.calibration_metrics import calibration_error
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 COMPARED = ("auroc", "average_precision", "f1_score", "log_loss", "brier", "ece")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as sk
 
-from tce.jobs.metrics import calibration_error, confidence_and_hits, reliability_bins
+from tce.lib.calibration_metrics import calibration_error, confidence_and_hits, reliability_bins
 
 
 def _pyplot() -> Any:

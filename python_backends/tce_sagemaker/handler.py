@@ -29,13 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tce_backends.bundle import Bundle
+from tce_backends.errors import UsageError
+from tce_backends.reference import ReferencePipeline
 from tce_client.results import Prediction, predictions_from_outputs
 from tce_client.schema import EnsembleSchema, schema_for
 from tce_client.seed_format import seed_csv, seed_rows
-
-from .bundle import Bundle
-from .errors import UsageError
-from .reference import ReferencePipeline
 
 JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
 REQUEST_TYPES = (JSON, CSV, NPY)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tce.build.length_trim import run_numpy, sample_batches
+from tce.models.length_trim import run_numpy, sample_batches
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec, task_columns, total_classes
 from tce_backends.text import TextPreprocessor

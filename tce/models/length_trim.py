@@ -2,7 +2,7 @@
 
 The step boundary keeps fixed ``[chunks, max_length]`` token tensors so that the
 dynamic batcher can merge requests; this project's own model then trims padding
-inside its forward (``tce/build/modeling.py``). A TorchScript model from elsewhere
+inside its forward (``tce/trainer/modeling.py``). A TorchScript model from elsewhere
 gets a scripted wrapper that cuts each field's tokens after the batch's last real
 position, but only when a check on sample inputs (empty text, one chunk, both
 chunks full, mixed lengths in one batch) shows the same outputs within
@@ -21,12 +21,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tce.build.modeling import real_length
 from tce_backends.text import TextPreprocessor
 
 TOLERANCE = 1e-5
 TRIM_ATTRIBUTE = "trim_padding"
 
+
+
+def real_length(attention_mask: Tensor) -> int:
+    """One past the last position that holds a token in any row and chunk (at least 1):
+    the sequence length a batch can be cut to without losing a token."""
+    real = (attention_mask > 0).reshape(-1, attention_mask.shape[-1]).any(dim=0).nonzero()
+    return int(real.max()) + 1 if real.numel() > 0 else 1
 
 class TrimmedOneField(nn.Module):
     def __init__(self, inner: nn.Module) -> None:

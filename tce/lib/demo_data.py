@@ -179,7 +179,7 @@ def demo_records(rows: int, seed: int = 1, labels: bool = False, kind: str = "bi
 
 
 def write_demo_records(path, rows: int, seed: int = 1, labels: bool = False, kind: str = "bimodal") -> pd.DataFrame:
-    from tce.jobs.tables import write_frame
+    from tce.lib.tables import write_frame
 
     frame = demo_records(rows, seed, labels, kind)
     write_frame(frame, path)

@@ -2,12 +2,12 @@
 
 - ``--handler triton``: the Triton model repository ``tce build`` writes, at the
   archive's root (SageMaker extracts it to ``/opt/ml/model``), for the project's
-  server image run as ``serve``: Triton's SageMaker mode, ``/invocations`` running
-  the ensemble named by ``SAGEMAKER_TRITON_DEFAULT_MODEL_NAME``.
+  server image run as ``serve``: the gateway's ``/ping`` and ``/invocations`` in front
+  of Triton, running the ensemble named by ``SAGEMAKER_TRITON_DEFAULT_MODEL_NAME``.
 - ``--handler pytorch``: for SageMaker's PyTorch serving containers (seed 003): the
   bundle at the root, and ``code/inference.py`` with ``model_fn``, ``input_fn``,
-  ``predict_fn`` and ``output_fn`` (``tce_backends.sagemaker_handler``), the two
-  packages it imports, and ``code/requirements.txt`` pinned from requirements.lock.
+  ``predict_fn`` and ``output_fn`` (``tce_sagemaker.handler``), the packages it
+  needs (tce_sagemaker, tce_backends, tce_client), and ``code/requirements.txt`` pinned from requirements.lock.
 """
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ from typing import Literal
 
 import tce_backends
 import tce_client
-from tce.build.repository import RepositoryOptions, write_repository
+import tce_sagemaker
+from tce.repository.builder import RepositoryOptions, write_repository
 from tce_backends.bundle import Bundle
 from tce_backends.errors import UsageError
 
 Handler = Literal["triton", "pytorch"]
 HANDLERS: tuple[str, ...] = ("triton", "pytorch")
 INFERENCE_PY = '''"""SageMaker PyTorch serving entry point (seed 003): the calibrated ensemble in process."""
-from tce_backends.sagemaker_handler import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
+from tce_sagemaker.handler import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''
 # What the handler imports beyond the PyTorch container's own torch and numpy.
 HANDLER_REQUIREMENTS = ("pandas", "pyarrow", "tokenizers")
@@ -52,7 +53,7 @@ def _pytorch_layout(bundle: Bundle, root: Path) -> None:
     code.mkdir()
     (code / "inference.py").write_text(INFERENCE_PY, encoding="utf-8")
     (code / "requirements.txt").write_text("\n".join(_pins(HANDLER_REQUIREMENTS)) + "\n", encoding="utf-8")
-    for package in (tce_backends, tce_client):
+    for package in (tce_backends, tce_client, tce_sagemaker):
         _copy_package(package, code)
 
 

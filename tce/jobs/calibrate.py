@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from tce.build.repository import write_step_version
-from tce.calibration.fitting import DEFAULT_POINTS, FitMethod, fit_task
-from tce.jobs import plots
-from tce.jobs.metrics import TaskMetrics, metrics_table, task_metrics
-from tce.jobs.tables import read_frame, write_frame
+from tce.lib import plots
+from tce.lib.calibration_metrics import TaskMetrics, metrics_table, task_metrics
+from tce.lib.fitting import DEFAULT_POINTS, FitMethod, fit_task
+from tce.lib.labels import ScoreColumns, label_column, score_columns, true_labels
+from tce.lib.tables import read_frame, write_frame
+from tce.repository.builder import write_step_version
 from tce.serving.security import http_headers
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
 from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
@@ -27,74 +27,8 @@ from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec
 from tce_client.columns import (
     VERSION_COLUMN,
-    probability_columns,
-    score_field_calibrated_column,
     single_task_class_index,
-    true_label_column,
 )
-
-
-@dataclass(frozen=True)
-class ScoreColumns:
-    """Where one task's scores live in a predictions file."""
-
-    task: TaskSpec
-    columns: tuple[str, ...]   # prob_class columns, or the single score-field column
-    score_field: bool          # True: one class-1 score column
-
-    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        values = frame[list(self.columns)].to_numpy(dtype=np.float64)
-        if self.score_field:
-            return np.concatenate([1.0 - values, values], axis=1)
-        return values
-
-    def calibrated_columns(self, single_task: bool) -> list[str]:
-        if self.score_field:
-            return [score_field_calibrated_column(self.task.name)]
-        return probability_columns(self.task.name, self.task.num_classes, single_task, calibrated=True)
-
-
-def score_columns(tasks: Sequence[TaskSpec], frame: pd.DataFrame, single: bool | None = None) -> list[ScoreColumns]:
-    """``single``: the file follows the one-task naming (default: when there is one task)."""
-    found = []
-    single = len(tasks) == 1 if single is None else single
-    for task in tasks:
-        raw_columns = tuple(probability_columns(task.name, task.num_classes, single))
-        if all(c in frame for c in raw_columns):
-            found.append(ScoreColumns(task, raw_columns, False))
-        elif task.kind == "binary" and task.name in frame:
-            found.append(ScoreColumns(task, (task.name,), True))
-        else:
-            raise UsageError(f"no scores for task {task.name!r}: expected columns {list(raw_columns)}"
-                             + (f" or a score-field column {task.name!r}" if task.kind == "binary" else ""))
-    return found
-
-
-def label_column(task: TaskSpec, tasks: Sequence[TaskSpec], overrides: Mapping[str, str]) -> str:
-    return overrides.get(task.name, true_label_column(task.name, len(tasks) == 1))
-
-
-def true_labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
-    """Class indices from a label column of class names or indices; a gap is an error."""
-    if column not in frame:
-        raise UsageError(f"no label column {column!r} for task {task.name!r} (use --label {task.name}=COLUMN)")
-    values = frame[column]
-    empty = int(values.isna().sum())
-    if empty:
-        raise UsageError(f"label column {column!r} is empty in {empty} of {len(values)} rows; evaluate and fit "
-                         "on labelled rows only")
-    if values.dtype == object or str(values.dtype).startswith("str"):
-        lookup = {name: index for index, name in enumerate(task.classes)}
-        unknown = sorted(set(values.astype(str)) - set(lookup))
-        if unknown:
-            raise UsageError(f"label column {column!r} holds values that are not classes of {task.name!r}: "
-                             f"{unknown[:5]}")
-        return values.astype(str).map(lookup).to_numpy(dtype=np.int64)
-    labels = values.to_numpy(dtype=np.int64)
-    if labels.min() < 0 or labels.max() >= task.num_classes:
-        raise UsageError(f"label column {column!r} must hold class indices in [0, {task.num_classes})")
-    return labels
-
 
 # -- fit ---------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def warm_up(http_url: str, grpc_url: str, protocols: tuple[str, ...], idle_reque
 
     import numpy as np
 
-    from tce.serving.demo import SAMPLE_RECORDS as records
+    from tce.jobs.demo import SAMPLE_RECORDS as records
     from tce_client import CalibratedClassifierClient
 
     idle = {}

@@ -28,12 +28,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from tce_backends.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, Manifest
-from tce_backends.contract import TensorSpec
+from tce_backends.contract import SCHEMA_PARAMETER, TensorSpec
 from tce_backends.errors import UsageError
 from tce_backends.graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS, EnsembleGraph, ensemble_graph
 from tce_backends.text import TextFieldConfig
 from tce_client import DEFAULT_MODEL
-from tce_client.schema import SCHEMA_PARAMETER, schema_for
+from tce_client.schema import schema_for
 
 LIBTORCH_CONFIG_NAME = "libtorch"
 MODEL_PY: Mapping[str, str] = {name: kind.model_class for name, kind in STEP_KINDS.items()}
@@ -277,7 +277,7 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
     serves exactly this bundle: other versions of its steps (an earlier model's published
     calibration) and models an earlier ``tce build`` wrote are removed; models of anyone
     else are left alone. A ``model.pt`` that does not trim its own padding is wrapped
-    when a check shows the same outputs (``tce.build.length_trim``); ``say`` hears how."""
+    when a check shows the same outputs (``tce.models.length_trim``); ``say`` hears how."""
     out = Path(out)
     configs = make_configs(bundle.manifest, bundle.text.fields, options)
     _remove_stale(out, {*STEP_ARTIFACTS, options.ensemble_name}, version)
@@ -292,8 +292,8 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
         write_step_version(bundle, step, version_dir)
     import torch  # only here: building the configs needs no torch
 
-    from tce.build.length_trim import make_length_aware
-    from tce.build.model_check import check_probabilities
+    from tce.models.length_trim import make_length_aware
+    from tce.models.model_check import check_probabilities
 
     model_path = out / MULTIMODAL_MODEL / str(version) / MODEL_FILE
     check_probabilities(torch.jit.load(str(model_path), map_location="cpu"), MODEL_FILE, bundle.text,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tce.models.length_trim import real_length
 from tce_backends.errors import UsageError
 
 
@@ -146,13 +147,6 @@ class BertEncoder(nn.Module):
             state[key] = value
         encoder.load_state_dict(state, strict=True)
         return encoder
-
-
-def real_length(attention_mask: Tensor) -> int:
-    """One past the last position that holds a token in any row and chunk (at least 1):
-    the sequence length a batch can be cut to without losing a token."""
-    real = (attention_mask > 0).reshape(-1, attention_mask.shape[-1]).any(dim=0).nonzero()
-    return int(real.max()) + 1 if real.numel() > 0 else 1
 
 
 class ChunkedTextEncoder(nn.Module):

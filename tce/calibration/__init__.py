@@ -1,1 +1,0 @@
-"""Calibration: fit, apply, report and publish lookup tables."""

@@ -1,0 +1,60 @@
+"""What every command module shares: how a command is declared, default paths, and options
+used by more than one command."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tce_backends.errors import UsageError
+from tce_client import DEFAULT_MODEL
+
+DEFAULT_BUNDLE = Path("artifacts/demo_bundle")
+DEFAULT_REPOSITORY = Path("model_repository")
+PROTOCOLS = ("http", "grpc")
+
+Commands = Any  # argparse's _SubParsersAction
+
+
+def add_command(commands: Commands, name: str, help: str, run: Callable[[argparse.Namespace], int]
+             ) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def label_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        task, sep, column = pair.partition("=")
+        if not sep or not task or not column:
+            raise UsageError(f"--label takes TASK=COLUMN, got {pair!r}")
+        overrides[task] = column
+    return overrides
+
+
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """Options every batch job through the server shares (predict, evaluate)."""
+    p.add_argument("--url", default=None, help="server address (if not given: localhost:8001, or :8000 for http)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="protocol to call the server with")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
+    p.add_argument("--id-field", default=None, help="ID column, written beside the predictions")
+    p.add_argument("--allow-missing-columns", action="store_true",
+                   help="score a model input missing from the file as missing in every row (default: an error "
+                        "naming the column and the closest one the file has)")
+    p.add_argument("--chunk-rows", type=int, default=1024,
+                   help="rows read, scored and saved at a time; a rerun after a failure continues from the last "
+                        "saved chunk")
+    p.add_argument("--max-in-flight", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--restart", action="store_true", help="discard a previous run's saved chunks and start over")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values

@@ -1,0 +1,50 @@
+"""``tce evaluate``: raw and calibrated metrics of scored records (seed 002)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tce.commands.common import Commands, add_batch_options, add_command, label_overrides
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tce.jobs.evaluate import EvaluateJob, run_evaluate
+
+    job = EvaluateJob(args.out, input=args.input, predictions=args.predictions, bundle=args.bundle,
+                      labels=label_overrides(args.label),
+                      id_field=args.id_field, previous_score_field=args.previous_score_field,
+                      compare_task=args.compare_task, bins=args.bins, bootstrap_samples=args.bootstrap_samples,
+                      url=args.url, protocol=args.protocol, model=args.model, format=args.format,
+                      allow_missing_columns=args.allow_missing_columns, chunk_rows=args.chunk_rows,
+                      max_in_flight=args.max_in_flight, restart=args.restart)
+    report = run_evaluate(job)
+    print(report.summary, end="")
+    print(f"\nmetrics.json, metrics_summary.txt, plots and predictions of {report.records} records written to "
+          f"{report.out}")
+    return 0
+
+
+def add(commands: Commands) -> None:
+    from tce.jobs.predict import TABLE_FORMATS
+
+    p = add_command(commands, "evaluate", "model evaluation (seed 002): raw and calibrated metrics per task, plots, "
+                 "and comparison with a previous model", _evaluate)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="labelled records to score on a running server: a CSV, TSV or "
+                        "Parquet file, or a directory of them")
+    source.add_argument("--predictions", type=Path, help="an already scored, labelled predictions file "
+                        "(prob_class_<i> and calibrated_prob_class_<i> columns)")
+    p.add_argument("--out", type=Path, required=True, help="directory for metrics, plots and predictions")
+    p.add_argument("--bundle", type=Path, default=None, help="with --predictions: the bundle whose tasks and class "
+                   "names the file holds (if not given: tasks from the column names, labels as class indices)")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN",
+                   help="true-label column of a task (if not given: label, or label_<task> with several tasks)")
+    p.add_argument("--previous-score-field", default=None,
+                   help="a previous model's class-1 score column: compare the two models")
+    p.add_argument("--compare-task", default=None, help="the binary task the previous score belongs to "
+                   "(needed when there are several)")
+    p.add_argument("--bins", type=int, default=15, help="reliability bins (ECE, diagrams)")
+    p.add_argument("--bootstrap-samples", type=int, default=200, help="resamples for the comparison's intervals")
+    p.add_argument("--format", choices=TABLE_FORMATS, default=None, help="predictions file format (if not given: "
+                   "the input's)")
+    add_batch_options(p)

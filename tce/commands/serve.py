@@ -1,0 +1,79 @@
+"""``tce serve``: the embedded Triton server in the foreground, optionally behind the gateway."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tce.commands.common import DEFAULT_REPOSITORY, Commands, add_command
+from tce_client import DEFAULT_MODEL
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from tce.serving.security import read_admin_key
+    from tce.serving.server import ServerConfig, ServerError, Watchdog, free_ports, serve_forever
+    from tce_gateway.config import GatewayConfig
+    from tce_gateway.launcher import GatewayError, find_nginx
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise ServerError(f"--host {args.host!r} is not an IP address") from None
+    gateway = None
+    use_gateway = args.gateway or args.sagemaker or args.replicas > 1
+    if use_gateway:
+        try:
+            find_nginx()  # fail before Triton starts
+        except GatewayError as missing:
+            raise ServerError(str(missing)) from None
+        gateway = GatewayConfig(args.host, args.http_port, args.grpc_port,
+                                args.sagemaker_port if args.sagemaker else None, door_workers=args.gateway_workers)
+        http_port, grpc_port, host = *free_ports(2), "127.0.0.1"
+    elif not loopback:
+        raise ServerError(f"refusing to expose Triton itself on {args.host}: one HTTP request can crash Triton "
+                          "2.51 (docs/security.md); add --gateway to serve through the checking gateway")
+    else:
+        http_port, grpc_port, host = args.http_port, args.grpc_port, args.host
+    operator_key = read_admin_key(args.admin_key_file)
+    config = ServerConfig(args.repository, http_port, grpc_port, args.metrics_port, host=host,
+                          model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
+                          model_config_name=args.model_config_name, admin_key=operator_key)
+    watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts)
+    return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True),
+                         gateway=gateway, replicas=args.replicas, operator_key=operator_key, default_model=args.model)
+
+
+def add(commands: Commands) -> None:
+    p = add_command(commands, "serve", "run the embedded Triton server in the foreground", _serve)
+    p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback needs --gateway")
+    p.add_argument("--gateway", action="store_true",
+                   help="serve through the gateway that checks and rebuilds every request (needs nginx); Triton "
+                        "then listens on 127.0.0.1 only")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="Triton processes behind the gateway (implies --gateway): a request one of them dropped by "
+                        "dying is sent to another")
+    p.add_argument("--gateway-workers", type=int, default=2, help="door processes of the gateway")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port")
+    p.add_argument("--model-control-mode", choices=("none", "explicit"), default="none",
+                   help="explicit: models are loaded and unloaded through the (admin-key) repository API")
+    p.add_argument("--load-model", action="append", default=[],
+                   help="with explicit control, a model to load at start; '*' loads all")
+    p.add_argument("--model-config-name", default="", help="alternative config name, e.g. libtorch")
+    p.add_argument("--sagemaker", action="store_true",
+                   help="also answer SageMaker's protocol (GET /ping, POST /invocations for --model) on "
+                        "--sagemaker-port of --host, through the gateway (implies --gateway)")
+    p.add_argument("--sagemaker-port", type=int, default=8080, help="port of the SageMaker protocol")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="with --sagemaker: the model /invocations runs")
+    p.add_argument("--log", type=Path, default=None, help="server log file (if not given: a temporary file)")
+    p.add_argument("--admin-key-file", type=Path, default=None,
+                   help="file holding the admin key for model control, shared memory, logging and trace "
+                        "(if not given: $TCE_ADMIN_KEY_FILE, $TCE_ADMIN_KEY, else a new random key per run)")
+    p.add_argument("--watch-interval", type=float, default=5.0,
+                   help="seconds between canary inferences; 0 turns the canary off (a Triton that exits is still "
+                        "restarted)")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="restarts of one Triton allowed within 10 minutes before tce serve gives up with exit code 3")

@@ -1,0 +1,1 @@
+"""The repository builder: a bundle becomes a Triton model repository (`tce build`)."""
