@@ -51,15 +51,26 @@ $(BUNDLE)/manifest.json: $(STAMP) tce/trainer/modeling.py tce/trainer/training.p
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
 build: $(MODEL)
-# Rebuilt when the builder changes too: a repository of an earlier layout must not linger.
-$(MODEL): $(BUNDLE)/manifest.json tce/repository/builder.py tce/models/length_trim.py $(wildcard python_backends/tce_backends/*.py)
+# Rebuilt when any file of the bundle changes (`tce calibrate fit` rewrites its calibration), and
+# when the builder changes too: a repository of an earlier layout must not linger.
+BUNDLE_FILES = $(shell find $(BUNDLE) -type f 2>/dev/null)
+$(MODEL): $(BUNDLE)/manifest.json $(BUNDLE_FILES) tce/repository/builder.py tce/models/length_trim.py \
+          $(wildcard python_backends/tce_backends/*.py)
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
+# Ports: make serve HTTP_PORT=9000 GRPC_PORT=9001 METRICS_PORT=9002 (make demo picks free ones
+# unless they are given).
+HTTP_PORT ?=
+GRPC_PORT ?=
+METRICS_PORT ?=
+PORT_OPTIONS = $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) \
+               $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+
 demo: build
-	$(BIN)/tce demo --repository $(REPOSITORY)
+	$(BIN)/tce demo --repository $(REPOSITORY) $(PORT_OPTIONS)
 
 serve: build
-	$(BIN)/tce serve --repository $(REPOSITORY)
+	$(BIN)/tce serve --repository $(REPOSITORY) $(PORT_OPTIONS)
 
 # Served ensemble vs model.pt in process vs fixed padding, in one run (docs/performance.md).
 bench: build

@@ -10,7 +10,7 @@ import sys
 from typing import Callable, Sequence
 
 from tce.commands import MODULES
-from tce.commands.common import DEFAULT_BUNDLE, DEFAULT_REPOSITORY, Commands
+from tce.commands.common import DEFAULT_BUNDLE, DEFAULT_REPOSITORY, Commands, version
 from tce_backends.errors import TceError
 
 __all__ = ["COMMANDS", "DEFAULT_BUNDLE", "DEFAULT_REPOSITORY", "main", "parser"]
@@ -19,6 +19,7 @@ COMMANDS: tuple[Callable[[Commands], None], ...] = tuple(module.add for module i
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tce", description=__doc__.split("\n")[0])
+    root.add_argument("--version", action="version", version=version())
     commands = root.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(commands)

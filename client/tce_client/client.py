@@ -160,10 +160,10 @@ class _Common:
             return ServerUnavailableError(f"no server listens at {self.url}; start one with 'make serve' or "
                                           "'tce serve', or check the host and port")
         other = "grpc" if self.protocol == "http" else "http"
-        return ServerUnavailableError(f"the server at {self.url} does not answer {self.protocol.upper()} requests "
-                                      f"({str(error).splitlines()[0][:160]}); is it the {other.upper()} port? "
-                                      f"Use the {self.protocol.upper()} port (default {DEFAULT_URLS[self.protocol]}) "
-                                      f"or protocol='{other}'")
+        return ServerUnavailableError(f"the server at {self.url} does not answer {self.protocol.upper()} requests; "
+                                      f"is it the {other.upper()} port? Use the {self.protocol.upper()} port "
+                                      f"(default {DEFAULT_URLS[self.protocol]}), or the {other.upper()} protocol "
+                                      f"(--protocol {other} on the command line, protocol='{other}' in the SDK)")
 
     def _raise_for(self, error: BaseException) -> Exception:
         """The SDK's error for a failed inference call."""

@@ -16,10 +16,19 @@ PROTOCOLS = ("http", "grpc")
 Commands = Any  # argparse's _SubParsersAction
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (a required option,
+    or one whose absence means "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, [], ()) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_command(commands: Commands, name: str, help: str, run: Callable[[argparse.Namespace], int]
-             ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help, description=help,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                ) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
     parser.set_defaults(run=run)
     return parser
 
@@ -58,3 +67,16 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def version() -> str:
+    """This project's version, and the Triton it serves with."""
+    from importlib import metadata
+
+    from tce.serving.server import TRITON_VERSION
+
+    try:
+        own = metadata.version("triton-calibrated-ensemble")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        own = "unknown (not installed)"
+    return f"tce {own} (embedded Triton {TRITON_VERSION})"

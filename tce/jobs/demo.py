@@ -54,8 +54,12 @@ def score_samples(client: CalibratedClassifierClient) -> list[tuple[Prediction, 
     return scored
 
 
-def run_demo(repository: Path, log=print) -> int:
-    http_port, grpc_port, metrics_port = free_ports()
+def run_demo(repository: Path, log=print, ports: tuple[int | None, int | None, int | None] = (None, None, None)
+             ) -> int:
+    """Serve ``repository``, score the sample records over HTTP and gRPC, stop. ``ports``
+    (HTTP, gRPC, metrics): None takes a free one."""
+    free = iter(free_ports())
+    http_port, grpc_port, metrics_port = (port if port is not None else next(free) for port in ports)
     config = ServerConfig(repository, http_port, grpc_port, metrics_port)
     log(f"starting the embedded Triton server on {repository} ...")
     started = time.perf_counter()

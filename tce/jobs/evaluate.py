@@ -129,11 +129,12 @@ def _need_indices(frame: pd.DataFrame, labels: Mapping[str, str]) -> None:
 def _score(job: EvaluateJob, tasks: tuple[TaskSpec, ...], labels: dict[str, str], note: Callable[[str], None]
            ) -> Path:
     assert job.input is not None
-    columns = TableSource(job.input).columns
+    source = TableSource(job.input)
     for task in tasks:
-        if labels[task.name] not in columns:
+        if labels[task.name] not in source.columns:
             raise UsageError(f"no label column {labels[task.name]!r} for task {task.name!r} in {job.input} "
                              f"(use --label {task.name}=COLUMN)")
+    _check_label_values(source, tasks, labels, job.chunk_rows)
     keep = tuple(dict.fromkeys([*labels.values(), *([job.previous_score_field] if job.previous_score_field
                                                     else [])]))
     scoring = PredictJob(job.input, job.output / SCORING_DIR, url=job.url, protocol=job.protocol, model=job.model,
@@ -141,6 +142,16 @@ def _score(job: EvaluateJob, tasks: tuple[TaskSpec, ...], labels: dict[str, str]
                          allow_missing_columns=job.allow_missing_columns, chunk_rows=job.chunk_rows,
                          max_in_flight=job.max_in_flight, restart=job.restart, output_stem=OUTPUT_STEM)
     return run_predict(scoring, note=note).path
+
+
+def _check_label_values(source: TableSource, tasks: tuple[TaskSpec, ...], labels: Mapping[str, str],
+                        chunk_rows: int) -> None:
+    """Every label is a class of its task (name or index) before anything is scored: a wrong
+    label column found after scoring would waste the whole run."""
+    for chunk in source.chunks(max(chunk_rows, 4096)):
+        frame = chunk.select(list(dict.fromkeys(labels.values()))).to_pandas()
+        for task in tasks:
+            true_labels(frame, task, labels[task.name])
 
 
 def _previous_scores(frame: pd.DataFrame, column: str) -> np.ndarray:

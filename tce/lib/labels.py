@@ -64,12 +64,26 @@ def true_labels(frame: pd.DataFrame, task: TaskSpec, column: str) -> np.ndarray:
                          "on labelled rows only")
     if values.dtype == object or str(values.dtype).startswith("str"):
         lookup = {name: index for index, name in enumerate(task.classes)}
-        unknown = sorted(set(values.astype(str)) - set(lookup))
+        texts = values.astype(str)
+        unknown = sorted(set(texts) - set(lookup))
+        indices = [v for v in unknown if v.isdigit() and int(v) < task.num_classes]
+        if unknown and len(indices) == len(unknown) and set(texts) <= set(lookup) | set(indices):
+            return np.array([lookup[v] if v in lookup else int(v) for v in texts], dtype=np.int64)
         if unknown:
             raise UsageError(f"label column {column!r} holds values that are not classes of {task.name!r}: "
-                             f"{unknown[:5]}")
-        return values.astype(str).map(lookup).to_numpy(dtype=np.int64)
-    labels = values.to_numpy(dtype=np.int64)
-    if labels.min() < 0 or labels.max() >= task.num_classes:
-        raise UsageError(f"label column {column!r} must hold class indices in [0, {task.num_classes})")
-    return labels
+                             f"{unknown[:5]}; {_valid(task)}")
+        return texts.map(lookup).to_numpy(dtype=np.int64)
+    numbers = values.to_numpy(dtype=np.float64)
+    if numbers.size == 0:
+        return numbers.astype(np.int64)
+    if not np.all(np.isfinite(numbers)) or np.any(numbers != np.round(numbers)) or numbers.min() < 0 \
+            or numbers.max() >= task.num_classes:
+        raise UsageError(f"label column {column!r} of task {task.name!r} holds numbers that are not class "
+                         f"indices; {_valid(task)}")
+    return numbers.astype(np.int64)
+
+
+def _valid(task: TaskSpec) -> str:
+    """What a label of ``task`` may be, for error messages."""
+    return (f"the classes are {', '.join(repr(c) for c in task.classes)} "
+            f"(or their indices 0..{task.num_classes - 1})")

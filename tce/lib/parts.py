@@ -51,12 +51,18 @@ class JobDirectory:
         if recorded.is_file():
             earlier = json.loads(recorded.read_text(encoding="utf-8"))
             identity = earlier.get("identity", earlier)  # earlier versions wrote the identity alone
-            if identity != self.identity:
-                changed = sorted(k for k in {*identity, *self.identity} if identity.get(k) != self.identity.get(k))
-                state = "finished output" if self.finished else "a partial run (rerun its command to finish it)"
-                raise UsageError(f"{self.out} holds {state} of a job with other {'; '.join(changed)}: add "
-                                 "--restart to start over, or choose another output directory")
             self.records = earlier.get("parts", {})
+            if identity != self.identity:
+                if not self.finished and self.rows_done() == 0:  # nothing saved: nothing to lose, start over
+                    self.clear()
+                    self.records = {}
+                    self._open()
+                    return
+                changed = sorted(k for k in {*identity, *self.identity} if identity.get(k) != self.identity.get(k))
+                state = "finished output" if self.finished else \
+                    f"a partial run ({self.rows_done()} rows saved; the same command with its inputs finishes it)"
+                raise UsageError(f"{self.out} holds {state} of a job with other {'; '.join(changed)}: add "
+                                 "--restart to drop it and start over, or choose another output directory")
         elif (self.out / SUCCESS).exists():
             raise UsageError(f"{self.out} already holds finished output of another job; choose another output "
                              "directory, or add --restart to replace it")

@@ -100,7 +100,9 @@ def test_the_other_protocols_port_is_named_as_such(served, records_file, tmp_pat
     url = server.config.grpc_url if port_of == "grpc" else server.config.http_url
     result = tce("predict", "--url", url, "--protocol", protocol, "--input", str(records_file),
                  "--output", str(tmp_path / "out"))
-    one_clear_line(result, f"does not answer {protocol.upper()}", f"is it the {port_of.upper()} port")
+    line = one_clear_line(result, f"does not answer {protocol.upper()}", f"is it the {port_of.upper()} port",
+                          f"--protocol {port_of}")
+    assert line.isascii() and line.isprintable(), line  # no raw bytes of the other protocol's answer
 
 
 def test_publish_to_a_server_without_model_control_writes_nothing(served, bimodal_bundle, tmp_path):
@@ -170,3 +172,24 @@ def test_the_readme_way_to_read_the_schema_from_the_config(served):
     assert schema["text_fields"] == ["dialogue"] and len(schema["tasks"]) == 2
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert '["parameters"]["tce_schema"]["string_value"]' in readme
+
+
+def test_a_bad_label_stops_evaluate_before_scoring_and_the_fixed_file_just_runs(served, tmp_path):
+    """Before: the whole file was scored first, the error did not list the classes, and the
+    rerun after the fix was refused until --restart."""
+    from tce.lib.demo_data import write_demo_records
+
+    server, _ = served
+    path = tmp_path / "labelled.csv"
+    frame = write_demo_records(path, rows=120, seed=5, labels=True)
+    frame.loc[117, "label_reason"] = "fraud"  # a label that is no class, near the end
+    frame.to_csv(path, index=False)
+    args = ["evaluate", "--input", str(path), "--out", str(tmp_path / "eval"), "--url", server.config.grpc_url,
+            "--id-field", "record_id", "--chunk-rows", "20"]
+    line = one_clear_line(tce(*args), "'label_reason'", "'fraud'", "the classes are 'none', 'item_not_received'")
+    assert not list((tmp_path / "eval").rglob("part-*.parquet")), "nothing may be scored before the labels are read"
+    frame.loc[117, "label_reason"] = "payment_fraud"
+    frame.to_csv(path, index=False)
+    fixed = tce(*args)  # the same command, no --restart
+    assert fixed.returncode == 0, fixed.stderr + line
+    assert (tmp_path / "eval" / "_SUCCESS").is_file()

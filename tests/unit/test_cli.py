@@ -19,9 +19,21 @@ def test_every_option_has_help_and_shows_its_default():
         options = [a for a in command._actions if a.option_strings and a.dest != "help"]
         if not options:
             continue
-        assert command.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        assert issubclass(command.formatter_class, argparse.ArgumentDefaultsHelpFormatter), name
         for action in options:
             assert action.help and action.help.strip(), f"tce {name} {action.option_strings[0]} has no help"
+        help_text = command.format_help()
+        assert "(default: None)" not in help_text and "(default: [])" not in help_text, name
+    assert "(default: 1000)" in commands["fit"].format_help()  # a real default is still shown
+
+
+def test_version_names_the_project_and_its_triton(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("tce 0.1.0 (embedded Triton 2.51.0)")
 
 
 def test_a_usage_error_is_one_line_and_exit_2(tmp_path, capsys):

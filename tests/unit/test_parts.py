@@ -55,3 +55,14 @@ def test_finished_output_of_something_else_is_not_overwritten(tmp_path):
     (tmp_path / SUCCESS).write_text("")
     with pytest.raises(UsageError, match="finished output of another job"):
         JobDirectory(tmp_path, IDENTITY, ("result.txt",))
+
+
+def test_a_job_that_saved_nothing_starts_over_when_its_inputs_change(tmp_path):
+    """The user fixed the input file after a failed first try: the same command just runs."""
+    JobDirectory(tmp_path, IDENTITY, ("result.txt",))  # failed before its first chunk was saved
+    fixed = {**IDENTITY, "input files": [{"file": "in.csv", "bytes": 12}]}
+    again = JobDirectory(tmp_path, fixed, ("result.txt",))
+    assert not again.done(0)
+    again.write(0, pa.table({"x": [1]}))
+    with pytest.raises(UsageError, match=r"a partial run \(1 rows saved; .*\) of a job with other input files"):
+        JobDirectory(tmp_path, IDENTITY, ("result.txt",))
