@@ -28,6 +28,7 @@ import numpy as np
 from tce_backends.contract import DEFAULT_ENSEMBLE, QUEUE_REFUSALS, SCHEMA_PARAMETER
 from tce_backends.errors import UsageError
 
+from .concurrency import AdaptiveLimit, published_start
 from .endpoints import host_port
 from .errors import InferenceError, ModelNotReadyError, RequestTimeoutError, ServerBusyError, ServerUnavailableError
 from .results import Prediction, predictions_from_outputs
@@ -252,14 +253,23 @@ class CalibratedClassifierClient(_Common):
 
 class AsyncCalibratedClassifierClient(_Common):
     """asyncio client over ``tritonclient.http.aio`` or ``tritonclient.grpc.aio``;
-    ``predict`` sends a large input's requests concurrently."""
+    ``predict`` sends a large input's requests concurrently, as many at a time as the
+    server takes (``tce_client.concurrency``; at most ``max_concurrency``). A request
+    refused for load is sent again when there is room; only ``stall_s`` without any answer
+    ends a call with ``ServerBusyError``."""
 
     def __init__(self, url: str | None = None, protocol: Protocol = "http", model: str = DEFAULT_MODEL,
-                 max_concurrency: int = 8, timeout_s: float = 30.0, retries: int = 2) -> None:
+                 max_concurrency: int = 8, timeout_s: float = 30.0, retries: int = 2, stall_s: float = 300.0,
+                 on_concurrency_change: Callable[[int, int], None] | None = None) -> None:
         super().__init__(url, protocol, model, asynchronous=True, timeout_s=timeout_s, retries=retries)
         if max_concurrency < 1:
             raise UsageError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if stall_s <= 0:
+            raise UsageError(f"stall_s must be > 0, got {stall_s}")
         self.max_concurrency = max_concurrency
+        self.stall_s = stall_s
+        self.limit: AdaptiveLimit | None = None
+        self._on_concurrency_change = on_concurrency_change
         self._client = (self._module.InferenceServerClient(self.url, conn_timeout=timeout_s) if protocol == "http"
                         else self._module.InferenceServerClient(self.url))
 
@@ -280,7 +290,23 @@ class AsyncCalibratedClassifierClient(_Common):
                                         if self.protocol == "grpc" else self._client.get_model_config(self.model),
                                         self.timeout_s)
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
+        start, ceiling = await self._published_start(config)
+        self.limit = AdaptiveLimit(start, ceiling, self._on_concurrency_change)
         return self
+
+    async def _published_start(self, config: Any) -> tuple[int, int]:
+        """Where the adaptive limit starts, from the steps' published configs."""
+        try:
+            ensemble = config["config"] if self.protocol == "grpc" else config
+            steps = []
+            for step in ensemble.get("ensemble_scheduling", {}).get("step", []):
+                step_config = await asyncio.wait_for(
+                    self._client.get_model_config(step["model_name"], as_json=True) if self.protocol == "grpc"
+                    else self._client.get_model_config(step["model_name"]), self.timeout_s)
+                steps.append(step_config["config"] if self.protocol == "grpc" else step_config)
+            return published_start(steps, self.max_concurrency)
+        except Exception:  # noqa: BLE001 - a server that publishes less: start small and adapt
+            return min(2, self.max_concurrency), self.max_concurrency
 
     async def predict(self, records: Records, allow_missing_fields: bool = False) -> list[Prediction]:
         if _is_empty(records):
@@ -289,14 +315,36 @@ class AsyncCalibratedClassifierClient(_Common):
             await self.connect()
         inputs = self._encode(records, allow_missing_fields)
         rows = next(iter(inputs.values())).shape[0]
-        limit = asyncio.Semaphore(self.max_concurrency)
+        assert self.schema is not None
+        schema = self.schema
 
         async def one(part: slice) -> list[Prediction]:
-            async with limit:
-                return await self.infer_arrays(inputs, part)
+            return predictions_from_outputs(schema, await self.infer_outputs_adaptive(inputs, part))
 
         parts = await asyncio.gather(*(one(part) for part in batch_slices(rows, self.max_batch_size)))
         return [prediction for part in parts for prediction in part]
+
+    async def infer_outputs_adaptive(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)
+                                     ) -> dict[str, np.ndarray]:
+        """``infer_outputs`` within the adaptive limit: a request the server refuses for load
+        waits for room and goes again; ``ServerBusyError`` only after ``stall_s`` without an
+        answer."""
+        assert self.limit is not None, "connect() first"
+        deadline = time.monotonic() + self.stall_s
+        attempt = 0
+        while True:
+            async with self.limit:
+                try:
+                    outputs = await self.infer_outputs(inputs, rows)
+                except ServerBusyError:
+                    self.limit.refused()
+                    if time.monotonic() > deadline:
+                        raise
+                else:
+                    self.limit.answered()
+                    return outputs
+            attempt += 1
+            await asyncio.sleep(self._pause(min(attempt, 4)))
 
     async def infer_arrays(self, inputs: dict[str, np.ndarray], rows: slice = slice(None)) -> list[Prediction]:
         assert self.schema is not None

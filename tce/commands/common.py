@@ -55,7 +55,8 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-rows", type=int, default=1024,
                    help="rows read, scored and saved at a time; a rerun after a failure continues from the last "
                         "saved chunk")
-    p.add_argument("--max-in-flight", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--max-in-flight", type=int, default=8,
+                   help="most requests in flight at once; fewer while the server refuses requests for load")
     p.add_argument("--restart", action="store_true", help="discard a previous run's saved chunks and start over")
 
 

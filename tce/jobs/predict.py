@@ -6,8 +6,9 @@ Output: a directory with ``inference_predictions.<fmt>``, ``_SUCCESS`` and
 
 The input is read and scored in chunks of ``chunk_rows`` rows, so memory stays flat
 however long the file; each chunk's rows go out as many requests at once through the
-asyncio client (``max_in_flight``), and the next chunk is read and encoded while one
-is being scored. Every finished chunk is saved (``tce.lib.parts``): after a crash, a
+asyncio client, as many at a time as the server takes (at most ``max_in_flight``; fewer,
+and said so, while it refuses requests for load: ``tce_client.concurrency``), and the
+next chunk is read and encoded while one is being scored. Every finished chunk is saved (``tce.lib.parts``): after a crash, a
 dead server or Ctrl-C, the same command continues where the job stopped, and the
 output still holds every input row once, in input order.
 """
@@ -141,6 +142,15 @@ class _Runner:
         # Columns named to be kept are not the model's; with --keep-columns the rest are kept *and* scored.
         self.model_columns = [c for c in source.columns if c not in (job.id_field, *job.keep)]
         self.directory: JobDirectory | None = None
+        self._last_slowdown_note = -1e9
+
+    def _concurrency_changed(self, old: int, new: int) -> None:
+        """Say when the job slows down for a busy server (at most every 10 s), and when it is back."""
+        now = time.monotonic()
+        if new < old and now - self._last_slowdown_note >= 10.0:
+            self._last_slowdown_note = now
+            self.note(f"note: the server is busy and refused requests; {new} request(s) in flight now "
+                      f"(of at most {self.job.max_in_flight}); refused ones are sent again")
 
     def saved_rows(self) -> int:
         return self.directory.rows_done() if self.directory is not None else 0
@@ -156,7 +166,9 @@ class _Runner:
     async def run(self) -> PredictResult:
         job = self.job
         started = time.monotonic()
-        client = AsyncCalibratedClassifierClient(job.url, protocol=job.protocol, model=job.model)  # type: ignore
+        client = AsyncCalibratedClassifierClient(job.url, protocol=job.protocol, model=job.model,  # type: ignore
+                                                 max_concurrency=job.max_in_flight,
+                                                 on_concurrency_change=self._concurrency_changed)
         try:
             await client.connect()
             assert client.schema is not None
@@ -200,7 +212,6 @@ class _Runner:
         """Score the chunks not yet saved; returns (chunks, rows, rows scored now)."""
         assert self.directory is not None
         progress = Progress(self.source.rows, "predict", interval_s=self.job.progress_interval_s)
-        limit = asyncio.Semaphore(self.job.max_in_flight)
         chunks = self.source.chunks(self.job.chunk_rows)
         window: deque[tuple[int, asyncio.Task]] = deque()
         index, offset = -1, 0
@@ -211,7 +222,7 @@ class _Runner:
                     progress.skip(table.num_rows)
                 else:
                     window.append((index, offset, asyncio.create_task(
-                        self._score(client, schema, table, offset, limit, progress))))
+                        self._score(client, schema, table, offset, progress))))
                 offset += table.num_rows
                 while len(window) >= CHUNKS_IN_FLIGHT:
                     await self._save(window)
@@ -244,13 +255,12 @@ class _Runner:
                                   ) from None
 
     async def _score(self, client: AsyncCalibratedClassifierClient, schema: EnsembleSchema, table: pa.Table,
-                     offset: int, limit: asyncio.Semaphore, progress: Progress) -> pa.Table:
+                     offset: int, progress: Progress) -> pa.Table:
         inputs = await asyncio.to_thread(self._encode, schema, table, offset)
         rows = table.num_rows
 
         async def one(part: slice) -> dict[str, np.ndarray]:
-            async with limit:
-                outputs = await client.infer_outputs(inputs, part)
+            outputs = await client.infer_outputs_adaptive(inputs, part)  # as many in flight as the server takes
             progress.update(part.stop - part.start)
             return outputs
 

@@ -94,3 +94,49 @@ def test_the_sdk_retries_refusals_then_says_the_server_is_busy(small_queue_serve
     busy = [o for o in outcomes if o.startswith("busy")]
     assert "ok" in outcomes
     assert busy and all("overloaded" in o and "retried 1 time" in o for o in busy), busy[:2]
+
+
+def test_the_async_client_slows_down_instead_of_failing(small_queue_server):
+    """32 requests of 64 records at once against queues that hold 2-4: before, the job
+    failed with ServerBusyError; now the refused requests wait for room and go again."""
+    from tce.lib.demo_data import make_dataset
+    from tce_client import AsyncCalibratedClassifierClient
+    from tce_client.concurrency import AdaptiveLimit
+
+    records = make_dataset(32 * 64, seed=8).drop(columns=["abuse", "reason", "events", "record_id"])
+
+    async def run():
+        async with AsyncCalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc",
+                                                   max_concurrency=32) as client:
+            assert client.limit is not None and client.limit.ceiling == 2  # what the server's queues publish
+            client.limit = AdaptiveLimit(32, 32)  # as if it published nothing (or a fleet shared the address)
+            predictions = await client.predict(records)
+            return predictions, client.limit
+
+    predictions, limit = asyncio.run(run())
+    assert len(predictions) == len(records)
+    assert limit.refusals > 0 and limit.lowest < 32, "the server refused nothing: the test proves nothing"
+    with CalibratedClassifierClient(small_queue_server.config.grpc_url, protocol="grpc") as sdk:
+        expected = sdk.predict(records.iloc[:64])
+    np.testing.assert_allclose([p["abuse"].calibrated for p in predictions[:64]],
+                               [p["abuse"].calibrated for p in expected], atol=1e-5)
+
+
+def test_a_batch_job_asking_for_far_more_than_the_server_queues_finishes_every_row_once(small_queue_server,
+                                                                                        tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tce.lib.demo_data import make_dataset
+
+    frame = make_dataset(2000, seed=9).drop(columns=["abuse", "reason", "events"])
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    result = subprocess.run([sys.executable, "-m", "tce.cli", "predict", "--input", str(tmp_path / "in.csv"),
+                             "--output", str(tmp_path / "out"), "--url", small_queue_server.config.grpc_url,
+                             "--id-field", "record_id", "--max-in-flight", "32", "--chunk-rows", str(32 * 64)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    scored = pd.read_csv(tmp_path / "out" / "inference_predictions.csv")
+    assert scored["record_id"].tolist() == frame["record_id"].tolist()
