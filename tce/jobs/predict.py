@@ -8,9 +8,9 @@ The input is read and scored in chunks of ``chunk_rows`` rows, so memory stays f
 however long the file; each chunk's rows go out as many requests at once through the
 asyncio client, as many at a time as the server takes (at most ``max_in_flight``; fewer,
 and said so, while it refuses requests for load: ``tce_client.concurrency``), and the
-next chunk is read and encoded while one is being scored. Every finished chunk is saved (``tce.lib.parts``): after a crash, a
-dead server or Ctrl-C, the same command continues where the job stopped, and the
-output still holds every input row once, in input order.
+next chunk is read and encoded while one is being scored. Every finished chunk is saved
+(``tce.lib.parts``): after a crash, a dead server or Ctrl-C, the same command continues
+where the job stopped, and the output still holds every input row once, in input order.
 """
 from __future__ import annotations
 
