@@ -83,6 +83,17 @@ def pr_curves(scores: TaskScores, path: Path) -> Path:
     return _curves(scores, path, "pr")
 
 
+def panel_title(scores: TaskScores, column: int) -> str:
+    """One title per panel: the task, and for a multiclass task the class the panel shows."""
+    return f"scores: {scores.task}" if scores.binary else f"scores of class {scores.classes[column]}: {scores.task}"
+
+
+def sparse_bins(counts: np.ndarray) -> np.ndarray:
+    """Bins too thin to trust (fewer than 1% of the records, and fewer than 20): their
+    observed frequency swings between 0 and 1 on a handful of records."""
+    return (counts > 0) & (counts < max(20.0, 0.01 * float(counts.sum())))
+
+
 def score_distributions(scores: TaskScores, path: Path) -> Path:
     """Per class: its score over the records of that class and over the others,
     calibrated filled, raw outlined."""
@@ -102,7 +113,7 @@ def score_distributions(scores: TaskScores, path: Path) -> Path:
                           label=f"{who}, raw")
         axis.set_xlabel(f"score of class {scores.classes[i]}")
         axis.set_ylabel("records")
-        axis.set_title(f"scores: {scores.task}")
+        axis.set_title(panel_title(scores, i))
         axis.legend(fontsize=7)
     return _save(figure, path)
 
@@ -117,14 +128,20 @@ def reliability_diagram(scores: TaskScores, path: Path, bins: int = 15) -> Path:
     width = 1 / bins / (len(scores.series) + 1)
     for offset, (name, probabilities) in enumerate(scores.series.items()):
         mean_conf, frequency, counts = reliability_bins(*confidence_and_hits(probabilities, scores.labels), bins)
-        used = counts > 0
+        used, thin = counts > 0, sparse_bins(counts)
         ece, _ = calibration_error(probabilities, scores.labels, bins)
-        top.plot(mean_conf[used], frequency[used], "o-", label=f"{name} (ECE {ece:.3f})")
+        # A point's area follows its bin's records; a thin bin is hollow: its frequency is noise.
+        sizes = 12 + 140 * counts / max(float(counts.max()), 1.0)
+        line, = top.plot(mean_conf[used], frequency[used], "-", linewidth=1, alpha=0.6, label=f"{name} (ECE {ece:.3f})")
+        solid = used & ~thin
+        top.scatter(mean_conf[solid], frequency[solid], s=sizes[solid], color=line.get_color(), zorder=3)
+        top.scatter(mean_conf[thin], frequency[thin], s=sizes[thin], facecolors="none", edgecolors=line.get_color(),
+                    zorder=3)
         bars = bottom.bar(edges[:-1] + (offset + 0.5) * width, counts, width=width, align="edge", label=name)
         bottom.bar_label(bars, labels=[f"{int(c)}" if c else "" for c in counts], fontsize=6, rotation=90,
                          padding=1)
     top.set_ylabel("observed frequency")
-    top.set_title(f"reliability: {scores.task}")
+    top.set_title(f"reliability: {scores.task} (point area: records; hollow: too few to trust)")
     top.legend(loc="upper left", fontsize=8)
     bottom.set_xlabel("class-1 probability" if scores.binary else "top-class confidence")
     bottom.set_ylabel("records per bin")
