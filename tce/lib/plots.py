@@ -141,7 +141,8 @@ def reliability_diagram(scores: TaskScores, path: Path, bins: int = 15) -> Path:
         bottom.bar_label(bars, labels=[f"{int(c)}" if c else "" for c in counts], fontsize=6, rotation=90,
                          padding=1)
     top.set_ylabel("observed frequency")
-    top.set_title(f"reliability: {scores.task} (point area: records; hollow: too few to trust)")
+    top.set_title(f"reliability: {scores.task}\npoint area: records in the bin; hollow: too few to trust",
+                  fontsize=10)
     top.legend(loc="upper left", fontsize=8)
     bottom.set_xlabel("class-1 probability" if scores.binary else "top-class confidence")
     bottom.set_ylabel("records per bin")
