@@ -125,10 +125,14 @@ class SeedCalibration:
         """Map the files onto tasks the way seed 000 loads them; report leftovers."""
         calibrations: dict[str, TaskCalibration] = {}
         notes: list[str] = []
-        names = {t.name for t in tasks}
+        names = {t.name: t for t in tasks}
         for field_name, table in self.per_score_field.items():
             if field_name not in names:
                 notes.append(f"calibration/calibration_model_{field_name}.pkl names no task ({sorted(names)})")
+                continue
+            if names[field_name].kind != "binary":  # one table is a binary calibration (seed 000)
+                notes.append(f"calibration/calibration_model_{field_name}.pkl is one binary table, but "
+                             f"{field_name!r} has {names[field_name].num_classes} classes: not applied, it stays raw")
                 continue
             calibrations[field_name] = TaskCalibration.of("binary", {1: table})
         single = [t for t in tasks if t.name not in self.per_score_field]
@@ -167,12 +171,41 @@ def _tasks(hyper: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
     if "tasks" in hyper:  # this project's explicit form
         return tuple(TaskSpec.from_dict(t) for t in hyper["tasks"])
     if hyper.get("score_fields"):
-        return tuple(TaskSpec(str(f), "binary", ("0", "1")) for f in hyper["score_fields"])
+        return tuple(_score_field(str(f), hyper.get("score_field_classes") or {}) for f in hyper["score_fields"])
     is_binary = bool(hyper.get("is_binary", True))
     count = 2 if is_binary else int(hyper["num_classes"])
     classes = hyper.get("multiclass_categories") or [str(i) for i in range(count)]
     name = str(hyper.get("label_name", "label"))
     return (TaskSpec(name, "binary" if is_binary else "multiclass", tuple(str(c) for c in classes)),)
+
+
+def _score_field(name: str, classes: Mapping[str, Any]) -> TaskSpec:
+    """Seed 000's score fields are binary; ``score_field_classes`` names the classes of one
+    that is not (this project's extension: ``{"reason": ["none", "fraud", ...]}`` or a count)."""
+    named = classes.get(name)
+    if named is None:
+        return TaskSpec(name, "binary", ("0", "1"))
+    names = [str(i) for i in range(int(named))] if isinstance(named, int) else [str(c) for c in named]
+    if len(names) < 2:
+        raise SeedImportError("hyperparameters.json", f"score_field_classes[{name!r}] needs two or more classes")
+    return TaskSpec(name, "binary" if len(names) == 2 else "multiclass", tuple(names))
+
+
+def _check_width(module: Any, model_name: str, text: TextPreprocessor, num_features: int,
+                 tasks: tuple[TaskSpec, ...], hyper: Mapping[str, Any]) -> None:
+    """The model returns every task's probabilities; for a multi-task seed the message names
+    the assumption that failed (binary per score field) and how to state otherwise."""
+    from tce.models.model_check import NotProbabilitiesError, check_probabilities  # torch, only here
+
+    try:
+        check_probabilities(module, model_name, text, num_features, tasks)
+    except NotProbabilitiesError as error:
+        binary = [t.name for t in tasks if t.kind == "binary"]
+        if not hyper.get("score_fields") or "outputs have shape" not in str(error) or not binary:
+            raise
+        raise SeedImportError("hyperparameters.json", f"{error}: score fields are read as binary (2 scores each, "
+                              f"as seed 000's multi-task mode); for a multiclass field, name its classes in "
+                              f"score_field_classes, e.g. {{\"{binary[-1]}\": [\"none\", \"...\"]}}") from None
 
 
 def _text_fields(hyper: Mapping[str, Any], kind: str) -> tuple[TextFieldConfig, ...]:
@@ -381,9 +414,7 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
             notes.append(export_lightning(root / "model.pth", root / "model_artifacts.pth", str(model_class), text,
                                           layout.names, tasks, model_path))
         module = _check_model(model_path, 2 * len(fields) + 1)
-        from tce.models.model_check import check_probabilities  # torch, only here
-
-        check_probabilities(module, model_path.name, text, len(layout.names), tasks)
+        _check_width(module, model_path.name, text, len(layout.names), tasks, hyper)
         Bundle.write(destination, manifest, model_path, text, tabular, Calibrator(tasks, calibrations))
     return ImportReport(destination, notes)
 

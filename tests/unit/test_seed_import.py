@@ -227,3 +227,30 @@ def test_a_tokenizer_named_by_its_hub_name_is_found_locally_never_downloaded(bin
     with pytest.raises(SeedImportError, match="'nobody/not-a-real-tokenizer-xyz' is neither a local directory nor "
                                               "installed.*nothing is downloaded"):
         import_seed(tmp_path / "seed", tmp_path / "missing")
+
+
+def test_a_multi_task_seed_with_a_multiclass_field_imports_once_its_classes_are_named(bimodal_bundle, tmp_path):
+    """Before: every score field was taken for binary, and the import failed with "outputs
+    (1, 6), expected [records, 4]" and no hint."""
+    import json
+
+    from tce_backends.reference import ReferencePipeline
+
+    seed = tmp_path / "seed"
+    write_seed(bimodal_bundle, seed, "none")  # abuse (binary) and reason (4 classes) as score fields
+    with pytest.raises(SeedImportError, match=r"score fields are read as binary .* score_field_classes"):
+        import_seed(seed, tmp_path / "refused")
+    hyper = json.loads((seed / "hyperparameters.json").read_text(encoding="utf-8"))
+    reason = next(t for t in bimodal_bundle.manifest.tasks if t.name == "reason")
+    hyper["score_field_classes"] = {"reason": list(reason.classes)}
+    (seed / "hyperparameters.json").write_text(json.dumps(hyper), encoding="utf-8")
+    import_seed(seed, tmp_path / "imported")
+    imported = Bundle.load(tmp_path / "imported")
+    assert [(t.name, t.kind, t.classes) for t in imported.manifest.tasks] == \
+        [("abuse", "binary", ("0", "1")), ("reason", "multiclass", reason.classes)]
+    from tce_client.schema import schema_for
+
+    records = [{"dialogue": "buyer: my parcel never came", "order_amount": 12.0, "payment_method": "card"}]
+    inputs = schema_for(bimodal_bundle.manifest).encode(records, allow_missing_fields=True)
+    ours, theirs = ReferencePipeline(imported).predict(inputs), ReferencePipeline(bimodal_bundle).predict(inputs)
+    np.testing.assert_allclose(ours["reason_raw"], theirs["reason_raw"], atol=1e-6)
