@@ -30,7 +30,7 @@ ALLOWED: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in {
     "tce_sagemaker": {*_SERVING},   # seed 003's handler: the pipeline in process, the client's formats
     "tce_client": {"tce_backends"},  # its errors and contract names only (pure Python)
     "tce_backends": set(),           # runs inside Triton: imports nothing else of ours
-    "tce_gateway": set(),            # the front door: its own image, nothing else of ours
+    "tce_gateway": {*_SERVING},      # the front door: the SDK's record rules for v1 callers, nothing else
 }.items()}
 
 

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from tce_gateway import http_codec
+from tce_gateway import http_codec, v1
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
 from tce_gateway.signatures import NAME_PATTERN, VERSION_PATTERN, SignatureCache
@@ -22,6 +22,7 @@ ADMIN_KEY_HEADER = "tce-admin-key"
 _VERSIONED = rf"/models/({NAME_PATTERN})(?:/versions/({VERSION_PATTERN}))?"
 # Matched whole (fullmatch): a path the door forwards holds nothing but these characters.
 INFER = re.compile(rf"/v2{_VERSIONED}/infer")
+V1_PREDICT = re.compile(rf"/v1/models/({NAME_PATTERN}):predict")
 DISCOVERY = re.compile(rf"/v2(?:/health/(?:live|ready)|/models/stats|{_VERSIONED}(?:/config|/ready|/stats)?)?")
 ADMIN = re.compile(rf"/v2/(?:repository/index|repository/models/{NAME_PATTERN}/(?:load|unload)"
                    r"|(?:system|cuda)sharedmemory(?:/region/[A-Za-z0-9_.-]{1,128})?/(?:status|register|unregister)"
@@ -91,6 +92,10 @@ class HttpDoor:
             self._method(request, "POST")
             header_length = request.headers.get(http_codec.HEADER_LENGTH)
             return await self._infer(request, match.group(1), match.group(2) or "", header_length)
+        match = V1_PREDICT.fullmatch(path)
+        if match:
+            self._method(request, "POST")
+            return await self._v1_predict(request, match.group(1))
         if DISCOVERY.fullmatch(path):
             self._method(request, "GET")
             return _response(await self._triton.http("GET", path))
@@ -115,6 +120,15 @@ class HttpDoor:
         payload, headers = http_codec.encode_infer(checked)
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         return _response(await self._triton.http("POST", path, payload, headers))
+
+    async def _v1_predict(self, request: web.Request, model: str) -> web.Response:
+        """Records in, named results out (``tce_gateway.v1``)."""
+        body = await self._body(request)
+        signature = await self._signatures.get(model)
+        checked, schema = v1.parse_predict(body, signature)
+        payload, headers = http_codec.encode_infer(checked)
+        answer = await self._triton.http("POST", f"/v2/models/{model}/infer", payload, headers)
+        return web.json_response(v1.answer(answer.status, answer.headers, answer.body, schema))
 
     async def _sagemaker(self, request: web.Request, path: str) -> web.Response:
         model = self._config.default_model

@@ -94,8 +94,9 @@ class Gateway:
 
     def _start_worker(self) -> subprocess.Popen:
         assert self.run_dir is not None
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
-                                                                          os.environ.get("PYTHONPATH")]))}
+        home = Path(__file__).resolve().parents[2]  # the checkout, or /opt/tce in the images
+        paths = [str(Path(__file__).resolve().parents[1]), str(home / "client"), str(home / "python_backends")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))}
         log = open(self.run_dir / "door.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             return subprocess.Popen([sys.executable, "-m", "tce_gateway.worker", str(self.run_dir / "door.json")],

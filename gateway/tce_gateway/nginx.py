@@ -57,6 +57,7 @@ def render(config: GatewayConfig, door_http: int, door_grpc: int, run_dir: Path)
   server {{  # HTTP/REST: KServe v2 inference, discovery, the admin API (key checked by the door)
     listen {config.address}:{config.http_port} backlog=4096;
     location /v2 {{ {_proxy("tce_door_http", limits.timeout_s)} }}
+    location /v1/models/ {{ {_proxy("tce_door_http", limits.timeout_s)} }}
     location / {{ {NOT_SERVED} }}
     {TOO_LARGE.format(limits.max_body_bytes)}
   }}""")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from tce_backends.contract import SCHEMA_PARAMETER
 from tce_gateway.errors import Refusal
 
 # KServe v2 datatype -> bytes per element (0: BYTES, length-prefixed strings)
@@ -51,12 +52,14 @@ class ModelSignature:
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    published_schema: str | None = None  # the ensemble's schema for record callers (tce_client.schema)
 
     @classmethod
     def from_config(cls, config: dict) -> "ModelSignature":
+        schema = (config.get("parameters") or {}).get(SCHEMA_PARAMETER, {}).get("string_value")
         return cls(str(config["name"]), int(config.get("max_batch_size", 0)),
                    {e["name"]: TensorSpec.from_config(e) for e in config.get("input", ())},
-                   {e["name"]: TensorSpec.from_config(e) for e in config.get("output", ())})
+                   {e["name"]: TensorSpec.from_config(e) for e in config.get("output", ())}, schema)
 
     def elements(self, spec: TensorSpec, shape: list, max_elements: int, limit: int | None = None) -> int:
         """The element count of ``shape`` for input ``spec``, or a Refusal saying what is wrong

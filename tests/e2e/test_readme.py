@@ -3,7 +3,8 @@
 Each ```bash or ```python block is preceded by ``<!-- readme-test: HOW -->``:
 
 - ``served``: run against the demo repository that ``make build`` makes, served on free
-  ports (``localhost:8000``/``8001`` in the block become those ports);
+  ports (``localhost:8000``/``8001`` in the block become those ports); ``gateway``: the same
+  through the gateway;
 - ``here``: shell commands run as written in a scratch directory holding a copy of the demo
   bundle (``.venv/bin/tce`` is this interpreter's ``tce``);
 - ``walkthrough``: the batch walkthrough, run by tests/e2e/test_walkthrough.py;
@@ -24,6 +25,8 @@ import sys
 import pytest
 
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
+from tce_gateway.errors import GatewayError
+from tce_gateway.launcher import Gateway, find_nginx
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +49,7 @@ def test_every_block_says_how_it_runs():
         first = match.group("code").splitlines()[0]
         assert how is not None, f"README block without a readme-test marker: {first!r}"
         kind, _, why = how.partition(":")
-        assert kind in ("served", "here", "walkthrough", "not here"), how
+        assert kind in ("served", "gateway", "here", "walkthrough", "not here"), how
         if kind == "not here":
             assert len(why.strip()) > 20 and "test" in why, f"say why and what tests it instead: {how!r}"
     assert len(blocks("walkthrough")) == 1 and (REPO_ROOT / "tests/e2e/test_walkthrough.py").is_file()
@@ -66,21 +69,31 @@ def _masked(text: str) -> list[str]:
 def test_the_served_blocks_run_against_the_demo_repository(tmp_path):
     _built()
     with EmbeddedServer(ServerConfig(REPO_ROOT / "model_repository", *free_ports())) as server:
-        for match in blocks("served"):
-            code = match.group("code").replace("localhost:8001", server.config.grpc_url).replace(
-                "localhost:8000", server.config.http_url)
-            if match.group("lang") == "python":
-                command = [sys.executable, "-c", code]
-            else:
-                if code.lstrip().startswith("curl") and shutil.which("curl") is None:
-                    continue
-                command = ["bash", "-c", code.replace(".venv/bin/tce", f"{sys.executable} -m tce.cli")]
-            result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
-            first = match.group("code").splitlines()[0]
-            assert result.returncode == 0, f"{first}\n{result.stderr}"
-            assert result.stdout.strip(), first
-            if match.group("output"):
-                assert _masked(result.stdout) == _masked(match.group("output")), result.stdout
+        _run_blocks(blocks("served"), server.config.http_url, server.config.grpc_url, tmp_path)
+        try:
+            find_nginx()
+        except GatewayError:
+            return
+        http, grpc = free_ports(2)
+        with Gateway.for_server(server.config.http_url, server.config.grpc_url, http_port=http, grpc_port=grpc):
+            _run_blocks(blocks("gateway"), f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", tmp_path)
+
+
+def _run_blocks(found: list[re.Match], http_url: str, grpc_url: str, tmp_path) -> None:
+    for match in found:
+        code = match.group("code").replace("localhost:8001", grpc_url).replace("localhost:8000", http_url)
+        if match.group("lang") == "python":
+            command = [sys.executable, "-c", code]
+        elif code.lstrip().startswith("curl") and shutil.which("curl") is None:
+            continue
+        else:
+            command = ["bash", "-c", code.replace(".venv/bin/tce", f"{sys.executable} -m tce.cli")]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=ENV)
+        first = match.group("code").splitlines()[0]
+        assert result.returncode == 0, f"{first}\n{result.stderr}"
+        assert result.stdout.strip() and '"error"' not in result.stdout, f"{first}\n{result.stdout[:500]}"
+        if match.group("output"):
+            assert _masked(result.stdout) == _masked(match.group("output")), result.stdout
 
 
 def test_the_here_blocks_run_as_written(tmp_path):

@@ -248,3 +248,52 @@ def test_the_same_request_sent_to_triton_directly_kills_it(bimodal_bundle, tmp_p
         assert server.process is not None and server.process.wait(timeout=30) != 0
     finally:
         server.stop()
+
+
+V1_RECORD = {"dialogue": "buyer: my package never arrived", "order_amount": 45.5, "account_age_days": 800,
+             "prior_claims": 3, "seller_rating": 2.9, "message_count": 2, "payment_method": "card",
+             "marketplace": "UK", "item_category": "home"}
+
+
+def _v1(gateway: Gateway, body: bytes) -> tuple[int | str, dict]:
+    status, answer = post(_url(gateway, gateway.http_port), body, path="/v1/models/calibrated_ensemble:predict")
+    return status, json.loads(answer)
+
+
+@needs_nginx
+def test_records_in_named_results_out_over_plain_http(gateway, bimodal_server):
+    """KServe v1 style: no tensors in feature order, the answer by class name; equal to the SDK's."""
+    records = [V1_RECORD, {**V1_RECORD, "dialogue": "hi, thanks!", "order_amount": None}]
+    status, answer = _v1(gateway, json.dumps({"instances": records}).encode())
+    assert status == 200, answer
+    with CalibratedClassifierClient(bimodal_server.http_url) as client:
+        expected = client.predict(records)
+    for got, want in zip(answer["predictions"], expected, strict=True):
+        assert got["calibration_version"] == want.calibration_version
+        for task in ("abuse", "reason"):
+            assert list(got[task]["calibrated"]) == list(want[task].classes)
+            np.testing.assert_allclose(list(got[task]["calibrated"].values()), want[task].calibrated, atol=1e-6)
+            assert got[task]["label"] == want[task].label and got[task]["calibration_fallback"] is False
+
+
+@needs_nginx
+@pytest.mark.parametrize("body, status, words", [
+    ({"instances": [V1_RECORD, {**V1_RECORD, "order_amount": "lots"}]}, 400, ["record 1", "'order_amount'"]),
+    ({"instances": [{**V1_RECORD, "ordr_amount": 3}]}, 400, ["ordr_amount", "order_amount"]),
+    ({"instances": [V1_RECORD] * 65}, 400, ["65 instances", "at most 64"]),
+    ({"instances": [V1_RECORD], "parameters": {}}, 400, ['{"instances"']),
+    ({"instances": []}, 400, ["non-empty list"]),
+])
+def test_bad_v1_records_are_named(gateway, bimodal_server, body, status, words):
+    got, answer = _v1(gateway, json.dumps(body).encode())
+    assert got == status and all(w in answer["error"] for w in words), answer
+    assert post_json(bimodal_server.http_url, json_body())[0] == 200
+
+
+@needs_nginx
+def test_v1_bodies_get_the_same_guard(gateway):
+    body = json.dumps({"instances": [V1_RECORD]}).replace('"card"', '"card", "payment_method": "x"').encode()
+    status, answer = _v1(gateway, body)
+    assert status == 400 and "twice" in answer["error"]
+    status, _ = post(_url(gateway, gateway.http_port), b"x" * (2 << 20), path="/v1/models/calibrated_ensemble:predict")
+    assert status == 413

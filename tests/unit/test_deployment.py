@@ -232,32 +232,39 @@ def test_dockerfile_adds_only_what_the_python_steps_need():
     assert lock["torch"].startswith(torch_version)
 
 
-def test_serving_code_imports_only_numpy_and_tokenizers():
-    """What the image provides is enough: import the Triton glue with torch, pandas, sklearn
-    and transformers blocked and a stand-in for Triton's pb_utils module."""
+def _import_with_blocked(modules: str, blocked: set[str]) -> str:
     script = textwrap.dedent(f"""
         import sys, types, importlib.abc
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {{"torch", "pandas", "sklearn", "transformers", "tce", "tce_client"}}:
+                if name.split(".")[0] in {blocked!r}:
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
-        sys.path.insert(0, {str(REPO_ROOT / "python_backends")!r})
-        sys.path.insert(0, {str(REPO_ROOT / "gateway")!r})
-        import tce_backends.triton.models, tce_backends.bundle, tce_backends.steps
-        import tce_gateway.__main__, tce_gateway.worker
+        for folder in ("python_backends", "client", "gateway"):
+            sys.path.insert(0, {str(REPO_ROOT)!r} + "/" + folder)
+        import {modules}
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.stdout.strip() == "ok", result.stderr
+    return result.stdout.strip() or result.stderr
+
+
+def test_serving_code_imports_only_numpy_and_tokenizers():
+    """What the images provide is enough: the Triton glue with torch, pandas, sklearn,
+    transformers and the client blocked (and a stand-in for Triton's pb_utils module); the
+    gateway with the heavy packages and the tce command blocked."""
+    heavy = {"torch", "pandas", "sklearn", "transformers", "tce"}
+    assert _import_with_blocked("tce_backends.triton.models, tce_backends.bundle, tce_backends.steps",
+                                heavy | {"tce_client", "tce_gateway"}) == "ok"
+    assert _import_with_blocked("tce_gateway.__main__, tce_gateway.worker, tce_gateway.v1", heavy) == "ok"
 
 
 def test_serving_code_parses_as_python_3_10():
     """The 24.10 NGC image runs the Python steps and, for SageMaker, the gateway on its Python 3.10."""
     import ast
 
-    for path in [*(REPO_ROOT / "python_backends").rglob("*.py"), *(REPO_ROOT / "gateway").rglob("*.py")]:
+    for path in (p for folder in ("python_backends", "gateway", "client") for p in (REPO_ROOT / folder).rglob("*.py")):
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
 
 

@@ -1,0 +1,105 @@
+"""KServe v1 style for people with records and curl: ``POST /v1/models/<ensemble>:predict``
+with ``{"instances": [{field: value, ...}, ...]}``, answered with each task's raw and
+calibrated probabilities by class name and its label.
+
+The door encodes the records with the schema the ensemble publishes (``tce_client.schema``:
+the same rules as the SDK, so a missing value is missing and a misspelt field is an error),
+then sends Triton the same canonical binary request as for v2."""
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from typing import Any
+
+import numpy as np
+
+from tce_backends.contract import SCHEMA_PARAMETER
+from tce_client.errors import RecordError
+from tce_client.results import Prediction, predictions_from_outputs
+from tce_client.schema import EnsembleSchema, UnusedColumnsWarning
+from tce_gateway.errors import Refusal
+from tce_gateway.http_codec import strict_json
+from tce_gateway.signatures import ModelSignature
+from tce_gateway.tensors import InferRequest, InputTensor, frame_strings
+
+_NUMPY = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}
+
+
+def schema_of(signature: ModelSignature) -> EnsembleSchema:
+    if signature.published_schema is None:
+        raise Refusal(f"model '{signature.name}' publishes no '{SCHEMA_PARAMETER}': the v1 endpoint serves "
+                      "ensembles built by tce build", 404)
+    return EnsembleSchema.from_json(signature.published_schema)
+
+
+def parse_predict(body: bytes, signature: ModelSignature) -> tuple[InferRequest, EnsembleSchema]:
+    """The canonical request for a v1 body, or a Refusal naming the record and field."""
+    document = strict_json(body)
+    if not isinstance(document, dict) or set(document) != {"instances"}:
+        raise Refusal('a v1 request is {"instances": [{record}, ...]} and nothing else')
+    instances = document["instances"]
+    if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
+        raise Refusal("'instances' must be a non-empty list of records (JSON objects)")
+    if signature.max_batch_size and len(instances) > signature.max_batch_size:
+        raise Refusal(f"{len(instances)} instances; '{signature.name}' takes at most {signature.max_batch_size} "
+                      "per request")
+    schema = schema_of(signature)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusedColumnsWarning)  # a field nobody expects is a mistake here
+        try:
+            arrays = schema.encode(instances)
+        except RecordError as error:
+            raise Refusal(str(error)) from None
+        except UnusedColumnsWarning as unused:
+            raise Refusal(f"{unused}; the model takes {', '.join(schema.input_fields)}") from None
+    inputs = []
+    for name, array in arrays.items():
+        if array.dtype == object:
+            inputs.append(InputTensor(name, "BYTES", array.shape, frame_strings(signature.inputs[name],
+                                                                                 array.reshape(-1))))
+        else:
+            inputs.append(InputTensor(name, "FP64", array.shape, np.ascontiguousarray(array, "<f8").tobytes()))
+    return InferRequest(signature.name, "", "", tuple(inputs), (), binary_output=True), schema
+
+
+def answer(status: int, headers: dict[str, str], body: bytes, schema: EnsembleSchema) -> dict[str, Any]:
+    """Triton's binary answer as ``{"predictions": [...]}``, one object per record."""
+    if status != 200:
+        raise Refusal(f"Triton refused the request: {_error(body)}", status if status in (400, 404, 503) else 502)
+    length = int(headers.get("Inference-Header-Content-Length", len(body)))
+    header, offset, outputs = json.loads(body[:length]), length, {}
+    for output in header.get("outputs", ()):
+        size = int(output.get("parameters", {}).get("binary_data_size", 0))
+        outputs[output["name"]] = _array(output, body[offset:offset + size])
+        offset += size
+    return {"predictions": [_record(p) for p in predictions_from_outputs(schema, outputs)]}
+
+
+def _array(output: dict[str, Any], raw: bytes) -> np.ndarray:
+    shape = tuple(output["shape"])
+    if output["datatype"] == "BYTES":
+        values, at = [], 0
+        while at < len(raw):
+            (size,) = struct.unpack_from("<I", raw, at)
+            values.append(raw[at + 4:at + 4 + size])
+            at += 4 + size
+        return np.array(values, dtype=object).reshape(shape)
+    return np.frombuffer(raw, dtype=_NUMPY[output["datatype"]]).reshape(shape)
+
+
+def _record(prediction: Prediction) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for name, task in prediction.tasks.items():
+        record[name] = {"raw": {c: float(p) for c, p in zip(task.classes, task.raw, strict=True)},
+                        "calibrated": {c: float(p) for c, p in zip(task.classes, task.calibrated, strict=True)},
+                        "label": task.label, "calibration_fallback": bool(task.calibration_fallback)}
+    record["calibration_version"] = prediction.calibration_version
+    return record
+
+
+def _error(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("error", ""))
+    except ValueError:
+        return body[:300].decode("utf-8", errors="replace")
