@@ -141,7 +141,9 @@ def _score(job: EvaluateJob, tasks: tuple[TaskSpec, ...], labels: dict[str, str]
                          format=job.format, id_field=job.id_field, keep=keep,
                          allow_missing_columns=job.allow_missing_columns, chunk_rows=job.chunk_rows,
                          max_in_flight=job.max_in_flight, restart=job.restart, output_stem=OUTPUT_STEM)
-    return run_predict(scoring, note=note).path
+    path = run_predict(scoring, note=note).path
+    assert path is not None  # evaluate scores in one run, never as a shard
+    return path
 
 
 def _check_label_values(source: TableSource, tasks: tuple[TaskSpec, ...], labels: Mapping[str, str],

@@ -67,6 +67,7 @@ class PredictJob:
     restart: bool = False
     output_stem: str = OUTPUT_STEM
     progress_interval_s: float = 10.0
+    shard: tuple[int, int] | None = None  # (i, n): score only the i-th of n disjoint parts (chunks i, i+n, ...)
 
     def __post_init__(self) -> None:
         if self.format is not None and self.format not in FORMATS:
@@ -77,6 +78,8 @@ class PredictJob:
             raise UsageError(f"--chunk-rows must be >= 1, got {self.chunk_rows}")
         if self.max_in_flight < 1:
             raise UsageError(f"--max-in-flight must be >= 1, got {self.max_in_flight}")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise UsageError(f"--shard takes I/N with 0 <= I < N, got {self.shard[0]}/{self.shard[1]}")
         if self.format in SEED_FORMATS and (self.keep_columns or self.id_field or self.keep):
             raise UsageError(f"--format {self.format} writes seed 000's score fields only: drop --id-field and "
                              "--keep-columns, or use csv, tsv or parquet")
@@ -84,7 +87,7 @@ class PredictJob:
 
 @dataclass(frozen=True)
 class PredictResult:
-    path: Path
+    path: Path | None  # None: a shard whose output waits for the other shards
     rows: int | None   # rows in the output (None: a finished CSV job found again, not counted)
     scored: int        # rows this run scored (the rest were done by an earlier run)
     seconds: float
@@ -161,6 +164,7 @@ class _Runner:
                 "kept columns (--id-field, --keep-columns)": self.kept, "--chunk-rows": self.job.chunk_rows,
                 "--format": kind, "--task": self.job.task, "--model": self.job.model,
                 "--allow-missing-columns": self.job.allow_missing_columns,
+                "--shard (parts)": self.job.shard[1] if self.job.shard else None,
                 "served tasks": [[t.name, list(t.classes)] for t in schema.tasks]}
 
     async def run(self) -> PredictResult:
@@ -182,7 +186,8 @@ class _Runner:
                                  "columns (--keep-columns keeps every input column)")
             kind = job.format or self.source.format
             name = output_name(job, self.source.format)
-            self.directory = JobDirectory(job.output, self._identity(schema, kind), (name,), restart=job.restart)
+            self.directory = JobDirectory(job.output, self._identity(schema, kind), (name,), restart=job.restart,
+                                          shard=job.shard)
             if self.directory.finished:
                 return PredictResult(job.output / name, self.source.rows, 0, 0.0, finished_before=True)
             count, rows, scored = await self._score_chunks(client, schema)
@@ -211,14 +216,17 @@ class _Runner:
                             ) -> tuple[int, int, int]:
         """Score the chunks not yet saved; returns (chunks, rows, rows scored now)."""
         assert self.directory is not None
-        progress = Progress(self.source.rows, "predict", interval_s=self.job.progress_interval_s)
+        total = self.source.rows if self.job.shard is None else None  # a shard scores part of it
+        progress = Progress(total, "predict", interval_s=self.job.progress_interval_s)
         chunks = self.source.chunks(self.job.chunk_rows)
         window: deque[tuple[int, asyncio.Task]] = deque()
         index, offset = -1, 0
         try:
             while (table := await asyncio.to_thread(next, chunks, None)) is not None:
                 index += 1
-                if self.directory.done(index, offset, table.num_rows):
+                if not self.directory.mine(index):
+                    pass  # another shard's chunk
+                elif self.directory.done(index, offset, table.num_rows):
                     progress.skip(table.num_rows)
                 else:
                     window.append((index, offset, asyncio.create_task(

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -32,11 +33,17 @@ Render = Callable[[Iterator[pa.Table], Path], None]
 
 
 class JobDirectory:
-    """``out``'s markers and parts for the job described by ``identity``."""
+    """``out``'s markers and parts for the job described by ``identity``.
 
-    def __init__(self, out: Path, identity: dict[str, Any], outputs: tuple[str, ...], restart: bool = False) -> None:
+    ``shard=(i, n)``: this run scores chunks i, i+n, i+2n ... of the input into a work
+    directory of its own; when a shard finds all n shards done, it joins their parts into
+    the one output (``combine_shards``)."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], outputs: tuple[str, ...], restart: bool = False,
+                 shard: tuple[int, int] | None = None) -> None:
         self.out = Path(out)
-        self.work = self.out / WORK_DIR
+        self.shard = shard
+        self.work = self.out / WORK_DIR / (shard_name(*shard) if shard else "")
         self.identity = json.loads(json.dumps(identity))  # as it reads back from job.json
         self.outputs = outputs  # file names the job writes into ``out``
         self.records: dict[str, dict[str, Any]] = {}  # part index -> its row range and checksum
@@ -48,6 +55,10 @@ class JobDirectory:
 
     def _open(self) -> None:
         recorded = self.work / "job.json"
+        joined = self.out / WORK_DIR / "job.json"  # a sharded job's record, once its shards were joined
+        if self.shard is not None and not recorded.is_file() and joined.is_file() and self.finished:
+            if json.loads(joined.read_text(encoding="utf-8")).get("identity") == self.identity:
+                return
         if recorded.is_file():
             earlier = json.loads(recorded.read_text(encoding="utf-8"))
             identity = earlier.get("identity", earlier)  # earlier versions wrote the identity alone
@@ -87,6 +98,10 @@ class JobDirectory:
     def _part(self, index: int) -> Path:
         return self.work / f"part-{index:06d}.parquet"
 
+    def mine(self, index: int) -> bool:
+        """Whether chunk ``index`` is this run's to score."""
+        return self.shard is None or index % self.shard[1] == self.shard[0]
+
     def done(self, index: int, start: int | None = None, rows: int | None = None) -> bool:
         """Part ``index`` is saved and matches its record (rows ``start``..``start+rows`` when given)."""
         record = self.records.get(str(index))
@@ -111,7 +126,7 @@ class JobDirectory:
 
     def bad_parts(self, count: int) -> list[int]:
         """Parts 0..count-1 that are missing or do not match their record (each then forgotten)."""
-        bad = [i for i in range(count) if not self.done(i) or not self._contiguous(i)]
+        bad = [i for i in range(count) if self.mine(i) and (not self.done(i) or not self._contiguous(i))]
         for index in bad:
             self.records.pop(str(index), None)
             self._part(index).unlink(missing_ok=True)
@@ -120,23 +135,32 @@ class JobDirectory:
         return bad
 
     def _contiguous(self, index: int) -> bool:
+        if self.shard is not None:  # the chunk before belongs to another shard
+            return True
         if index == 0:
             return self.records[str(index)]["start"] == 0
         before = self.records.get(str(index - 1))
         return before is not None and before["start"] + before["rows"] == self.records[str(index)]["start"]
 
+    def read_part(self, index: int) -> pa.Table:
+        table = pq.read_table(self._part(index))
+        if table.num_rows != self.records[str(index)]["rows"]:
+            raise UsageError(f"{self._part(index)} changed while the output was written; rerun the command")
+        return table
+
     def parts(self, count: int) -> Iterator[pa.Table]:
         for index in range(count):
-            table = pq.read_table(self._part(index))
-            if table.num_rows != self.records[str(index)]["rows"]:
-                raise UsageError(f"{self._part(index)} changed while the output was written; rerun the command")
-            yield table
+            yield self.read_part(index)
 
-    def finish(self, count: int, render: Render, name: str) -> Path:
-        """Join parts 0..count-1 into ``out/name`` with ``render``, then the markers."""
-        missing = [i for i in range(count) if not self.done(i)]
+    def finish(self, count: int, render: Render, name: str) -> Path | None:
+        """Join parts 0..count-1 into ``out/name`` with ``render``, then the markers. A shard
+        marks itself done and joins all shards' parts when it is the last; else None."""
+        missing = [i for i in range(count) if self.mine(i) and not self.done(i)]
         if missing:
             raise UsageError(f"{self.work} lacks the chunks {missing[:5]}; rerun the command to score them")
+        if self.shard is not None:
+            _replace_text(self.work / SHARD_DONE, json.dumps({"chunks": count}))
+            return combine_shards(self.out, self.shard[1], self.identity, render, name)
         stray = sorted(p.name for p in self.work.glob("part-*.parquet") if int(p.stem.split("-")[1]) >= count)
         if stray:
             raise UsageError(f"{self.work} holds chunks beyond the input's end ({', '.join(stray[:3])}): the input "
@@ -150,6 +174,65 @@ class JobDirectory:
                 part.unlink()
             write_markers(self.out)
         return target
+
+
+SHARD_DONE = "_SHARD_DONE"
+STALE_LOCK_S = 600.0
+
+
+def shard_name(index: int, count: int) -> str:
+    return f"shard-{index}-of-{count}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (the I-th of N disjoint parts, counting from 0) -> (I, N)."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+        raise UsageError(f"--shard takes I/N with 0 <= I < N (the I-th of N parts, from 0), got {text!r}")
+    return int(index), int(count)
+
+
+def shards_done(out: Path, count: int) -> list[int]:
+    return [i for i in range(count) if (Path(out) / WORK_DIR / shard_name(i, count) / SHARD_DONE).is_file()]
+
+
+def combine_shards(out: Path, count: int, identity: dict[str, Any], render: Render, name: str) -> Path | None:
+    """When all ``count`` shards are done, join their parts (chunk c from shard c % count,
+    in input order) into ``out/name`` and write the markers; the first shard to see them all
+    done does it (a lock file), the others return None."""
+    out = Path(out)
+    if len(shards_done(out, count)) < count or (out / SUCCESS).exists():
+        return out / name if (out / SUCCESS).exists() else None
+    lock_path = out / WORK_DIR / "combine.lock"
+    if lock_path.exists() and time.time() - lock_path.stat().st_mtime > STALE_LOCK_S:
+        lock_path.unlink(missing_ok=True)  # a shard died while joining: the next one joins
+    try:
+        lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None  # another shard is joining them
+    os.close(lock)
+    shards = [JobDirectory(out, identity, (name,), shard=(i, count)) for i in range(count)]
+    chunks = {json.loads((s.work / SHARD_DONE).read_text(encoding="utf-8"))["chunks"] for s in shards}
+    if len(chunks) != 1:
+        lock_path.unlink()
+        raise UsageError(f"the {count} shards of {out} read different inputs ({sorted(chunks)} chunks); rerun "
+                         "every shard with --restart")
+    (total,) = chunks
+    missing = [c for c in range(total) if not shards[c % count].done(c)]
+    if missing:
+        lock_path.unlink()
+        raise UsageError(f"shard parts for chunks {missing[:5]} do not match their records; rerun those shards")
+    target = out / name
+    aside = target.with_name(f".{name}.tmp")
+    with _writing(aside):
+        render((shards[c % count].read_part(c) for c in range(total)), aside)
+        os.replace(aside, target)
+        write_markers(out)
+        for shard in shards:
+            shutil.rmtree(shard.work, ignore_errors=True)
+        _replace_text(out / WORK_DIR / "job.json", json.dumps({"identity": identity, "parts": {}}, indent=1))
+        lock_path.unlink(missing_ok=True)
+    return target
 
 
 def _sha256(path: Path) -> str:

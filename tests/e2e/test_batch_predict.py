@@ -252,3 +252,26 @@ def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path, monkey
         job.write(0, pa.table({"x": [1]}))
     assert not list((tmp_path / "out").rglob("*.tmp")), "nothing half-written is left behind"
     assert not job.done(0)
+
+
+def test_shards_fan_out_and_join_into_the_one_output(server, tmp_path):
+    """Three shards of one input (two at once, as an Indexed Job runs them): one output with
+    every row once, in input order, equal to the SDK's answers."""
+    frame = records(700, seed=33)
+    frame.to_parquet(tmp_path / "in.parquet")
+    base = ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), "--url",
+            server.config.grpc_url, "--id-field", "record_id", "--chunk-rows", "50"]
+    first = [subprocess.Popen([*COMMAND, *base, "--shard", f"{i}/3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=ENV) for i in (0, 2)]
+    outcomes = [job.communicate(timeout=300) for job in first]
+    assert all(job.returncode == 0 for job in first), outcomes
+    assert all("of 3 shards done" in out for out, _ in outcomes)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    last = predict(*base, "--shard", "1/3")
+    assert last.returncode == 0, last.stderr
+    scored = pd.read_parquet(tmp_path / "out" / "inference_predictions.parquet")
+    assert scored["record_id"].tolist() == frame["record_id"].tolist()
+    assert_same_answers(scored.drop(columns=["record_id"]), sdk_answers(server.config.http_url, frame))
+    assert (tmp_path / "out" / "_SUCCESS").is_file()
+    again = predict(*base, "--shard", "0/3")
+    assert again.returncode == 0 and "nothing to do" in again.stdout

@@ -52,3 +52,10 @@ def test_serve_and_demo_take_the_ports_given(built):
     assert "--http-port" not in make_n(*common, "serve")  # tce serve's own defaults: 8000, 8001, 8002
     assert "tce demo --repository" in make_n(*common, "demo", "HTTP_PORT=9200") and \
         "--http-port 9200" in make_n(*common, "demo", "HTTP_PORT=9200")
+
+
+def test_the_walkthroughs_files_are_not_tracked_by_git():
+    """The README's walkthrough writes data/ and out/ in the checkout."""
+    for path in ("data/records.csv", "out/predictions/inference_predictions.csv"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT)
+        assert ignored.returncode == 0, f"{path} is not ignored"

@@ -276,3 +276,22 @@ def test_autoscaling_queries_name_what_the_builder_serves():
     deployment = by_kind(render("gpu"), "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8002" and "--metrics-port=8002" in LOOPBACK_ARGS
+
+
+def test_the_sharded_batch_job_validates_and_runs_one_shard_per_index():
+    (job,) = documents(DEPLOY / "k8s" / "batch" / "predict-job.yaml")
+    validate(job)
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    (predict,) = spec["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in predict["env"]}
+    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert predict["args"][0] == "predict" and f"--shard=$(JOB_COMPLETION_INDEX)/{spec['completions']}" in \
+        [a.split("#")[0].strip() for a in predict["args"]]
+    # the arguments are tce predict's own (with the index the controller gives pod 3)
+    from tce.cli import parser
+
+    args = parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in predict["args"]])
+    assert (args.command, args.shard, args.url) == ("predict", f"3/{spec['completions']}", "tce-triton:8001")
+    assert predict["image"].startswith("tce-batch:")

@@ -153,7 +153,7 @@ def test_entrypoint_restricts_what_tce_serve_restricts():
 
 def test_dockerfile_uses_the_embedded_servers_release():
     stages = _stages()
-    assert set(stages) == {"server", "server-cpu", "gateway", "loadtest"}
+    assert set(stages) == {"server", "server-cpu", "gateway", "batch", "loadtest"}
     assert f"tritonserver:{NGC_RELEASE}-py3" in DOCKERFILE
     assert "FROM ${TRITON_IMAGE} AS server" in stages["server"]
     assert "COPY python_backends" in stages["server"] and "PYTHONPATH=/opt/tce/python_backends" in stages["server"]
@@ -228,6 +228,7 @@ def test_dockerfile_adds_only_what_the_python_steps_need():
         assert "requirements-gateway.txt -c /opt/tce/requirements.lock" in stages[stage]
         assert "nginx-light" in stages[stage]
     assert '".[loadtest]" -c requirements.lock' in stages["loadtest"]
+    assert '".[batch]" -c requirements.lock' in stages["batch"]
     torch_version = re.search(r"ARG TORCH_VERSION=(\S+)", stages["server-cpu"]).group(1)
     assert lock["torch"].startswith(torch_version)
 

@@ -66,3 +66,27 @@ def test_a_job_that_saved_nothing_starts_over_when_its_inputs_change(tmp_path):
     again.write(0, pa.table({"x": [1]}))
     with pytest.raises(UsageError, match=r"a partial run \(1 rows saved; .*\) of a job with other input files"):
         JobDirectory(tmp_path, IDENTITY, ("result.txt",))
+
+
+def test_shards_score_disjoint_chunks_and_the_last_one_joins_them_in_input_order(tmp_path):
+    from tce.lib.parts import combine_shards, parse_shard
+
+    identity = {**IDENTITY, "--shard (parts)": 3}
+    chunks = [pa.table({"x": [2 * c, 2 * c + 1]}) for c in range(7)]
+    shards = [JobDirectory(tmp_path, identity, ("result.txt",), shard=(i, 3)) for i in range(3)]
+    assert [c for c in range(7) if shards[1].mine(c)] == [1, 4]
+    for shard in shards:
+        for c in range(7):
+            if shard.mine(c):
+                shard.write(c, chunks[c], start=2 * c)
+    assert shards[2].finish(7, _join, "result.txt") is None  # shards 0 and 1 are not done yet
+    assert shards[0].finish(7, _join, "result.txt") is None
+    joined = shards[1].finish(7, _join, "result.txt")
+    assert joined is not None and joined.read_text() == ",".join(str(v) for v in range(14))
+    assert (tmp_path / SUCCESS).is_file() and not list(tmp_path.glob(".tce_job/shard-*"))
+    assert JobDirectory(tmp_path, identity, ("result.txt",), shard=(2, 3)).finished  # a rerun: nothing to do
+    assert combine_shards(tmp_path, 3, identity, _join, "result.txt") == joined
+    assert parse_shard("2/8") == (2, 8)
+    for wrong in ("8/8", "a/2", "1", "-1/2"):
+        with pytest.raises(UsageError, match="--shard takes I/N"):
+            parse_shard(wrong)
