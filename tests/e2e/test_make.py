@@ -15,7 +15,9 @@ pytestmark = pytest.mark.e2e
 
 
 def make_n(*args: str) -> str:
-    result = subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    # -o: the virtual environment counts as made (a newer pyproject.toml here must not cascade)
+    result = subprocess.run(["make", "-n", "-o", ".venv/.installed-stamp", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
