@@ -116,24 +116,59 @@ class EnsembleSchema:
         and get the bundle's imputation value, missing categoricals are "" and get the
         risk table's default bin. A field absent from every record is an error unless
         ``allow_missing_fields``; columns the model does not take are reported with an
-        ``UnusedColumnsWarning``.
+        ``UnusedColumnsWarning``. The first bad value raises ``RecordError``.
         """
+        return self._encode(records, allow_missing_fields, _Problems(collect=False))
+
+    def encode_valid(self, records: Records, allow_missing_fields: bool = False
+                     ) -> tuple[dict[str, np.ndarray], list[RecordError]]:
+        """As ``encode``, but a record with a bad value (a number that does not parse, text
+        that is not text) is left out instead of failing them all: returns the input arrays
+        of the other records, in order, and each left-out record's first problem (its
+        ``index`` is the record's position in ``records``). A field absent from every
+        record is still an error."""
+        problems = _Problems(collect=True)
+        inputs = self._encode(records, allow_missing_fields, problems)
+        if not problems.found:
+            return inputs, []
+        rows = next(iter(inputs.values())).shape[0]
+        keep = np.ones(rows, dtype=bool)
+        keep[list(problems.found)] = False
+        return {name: values[keep] for name, values in inputs.items()}, \
+            [problems.found[index] for index in sorted(problems.found)]
+
+    def _encode(self, records: Records, allow_missing_fields: bool, problems: "_Problems") -> dict[str, np.ndarray]:
         table = _RecordTable.of(records)
         if table.rows == 0:
             raise RecordError(None, "records", "no records to encode")
         inputs: dict[str, np.ndarray] = {}
         for text_field in self.text_fields:
-            inputs[text_field] = _strings(table, text_field, text=True)[:, None]
+            inputs[text_field] = _strings(table, text_field, True, problems)[:, None]
         if self.numeric_features:
-            inputs[self.inputs["numeric"]] = np.stack([_numbers(table, f) for f in self.numeric_features], axis=1)
+            inputs[self.inputs["numeric"]] = np.stack([_numbers(table, f, problems) for f in self.numeric_features],
+                                                      axis=1)
         if self.categorical_features:
             inputs[self.inputs["categorical"]] = np.stack(
-                [_strings(table, f, text=False) for f in self.categorical_features], axis=1)
+                [_strings(table, f, False, problems) for f in self.categorical_features], axis=1)
         unknown = self.check_fields(table.names, allow_missing_fields)
         if unknown:
             warnings.warn(UnusedColumnsWarning(f"columns the model does not take were left out: {', '.join(unknown)}"),
-                          stacklevel=3)
+                          stacklevel=4)
         return inputs
+
+
+class _Problems:
+    """Bad values found while encoding: the first raises ``RecordError`` (``collect=False``),
+    or each record's first problem is kept and encoding goes on."""
+
+    def __init__(self, collect: bool) -> None:
+        self.collect = collect
+        self.found: dict[int, RecordError] = {}
+
+    def add(self, index: int, field: str, problem: str) -> None:
+        if not self.collect:
+            raise RecordError(index, field, problem)
+        self.found.setdefault(index, RecordError(index, field, problem))
 
 
 @dataclass(frozen=True)
@@ -167,7 +202,7 @@ class _RecordTable:
         return self.column(field) if field in self.names else None
 
 
-def _numbers(table: _RecordTable, field: str) -> np.ndarray:
+def _numbers(table: _RecordTable, field: str, problems: _Problems) -> np.ndarray:
     values = table.get(field)
     if values is None:
         return np.full(table.rows, np.nan)
@@ -175,18 +210,20 @@ def _numbers(table: _RecordTable, field: str) -> np.ndarray:
         numbers_ = values.astype(np.float64)
     elif isinstance(values, np.ndarray) and values.dtype.kind in "mMc":
         # dates, durations and complex numbers would convert silently (nanoseconds, the real part)
-        index = next((i for i, v in enumerate(values) if not _null(v)), 0)
-        raise RecordError(index, field, f"expected a number or null, got {_short(values[index])} ({values.dtype})")
+        for index in [i for i, v in enumerate(values) if not _null(v)] or [0]:
+            problems.add(index, field, f"expected a number or null, got {_short(values[index])} ({values.dtype})")
+        return np.full(table.rows, np.nan)
     else:
-        numbers_ = np.array([_number(index, value, field) for index, value in enumerate(values)], dtype=np.float64)
-    if np.isinf(numbers_).any():
-        index = int(np.flatnonzero(np.isinf(numbers_))[0])
-        raise RecordError(index, field, "infinite values (or numbers beyond float range) are not allowed; use null "
+        numbers_ = np.array([_number(index, value, field, problems) for index, value in enumerate(values)],
+                            dtype=np.float64)
+    for index in np.flatnonzero(np.isinf(numbers_)):
+        problems.add(int(index), field, "infinite values (or numbers beyond float range) are not allowed; use null "
                                         "for a missing value")
+        numbers_[index] = np.nan
     return numbers_
 
 
-def _number(index: int, value: Any, field: str) -> float:
+def _number(index: int, value: Any, field: str, problems: _Problems) -> float:
     """A number, numeric text or null (NaN); dates, complex numbers and the like are refused."""
     if _null(value):
         return math.nan
@@ -195,10 +232,11 @@ def _number(index: int, value: Any, field: str) -> float:
             return float(value)
         except (ValueError, OverflowError):
             pass
-    raise RecordError(index, field, f"expected a number or null (within float range), got {_short(value)}")
+    problems.add(index, field, f"expected a number or null (within float range), got {_short(value)}")
+    return math.nan
 
 
-def _strings(table: _RecordTable, field: str, text: bool) -> np.ndarray:
+def _strings(table: _RecordTable, field: str, text: bool, problems: _Problems) -> np.ndarray:
     values = table.get(field)
     if values is None:
         return np.full(table.rows, b"", dtype=np.object_)
@@ -208,16 +246,23 @@ def _strings(table: _RecordTable, field: str, text: bool) -> np.ndarray:
         if _null(value):
             encoded[index] = b""
         elif not isinstance(value, scalar):
-            raise RecordError(index, field, f"expected {'text' if text else 'a category (text)'}, got "
-                                            f"{type(value).__name__}")
+            problems.add(index, field, f"expected {'text' if text else 'a category (text)'}, got "
+                                       f"{type(value).__name__}")
+            encoded[index] = b""
         elif isinstance(value, bytes):
+            try:
+                value.decode("utf-8")  # the server refuses a whole request for one such value
+            except UnicodeDecodeError as error:
+                problems.add(index, field, f"is not valid UTF-8 text (byte 0x{value[error.start]:02x} at position "
+                                           f"{error.start})")
+                value = b""
             encoded[index] = value
         else:
             try:
                 encoded[index] = str(value).encode("utf-8")
             except UnicodeEncodeError as error:  # a lone surrogate: not text any server can read
-                raise RecordError(index, field, f"is not valid Unicode text ({error.reason} at position "
-                                                f"{error.start})") from None
+                problems.add(index, field, f"is not valid Unicode text ({error.reason} at position {error.start})")
+                encoded[index] = b""
     return encoded
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 PREFIX = "refused by the gateway: "
 # HTTP status -> gRPC status code name (grpc.StatusCode member)
 GRPC_CODES = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
-              413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-              504: "DEADLINE_EXCEEDED"}
+              406: "INVALID_ARGUMENT", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 502: "UNAVAILABLE",
+              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
 class GatewayError(Exception):

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from tce_gateway import http_codec, v1
+from tce_gateway import http_codec, invocations, v1
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
 from tce_gateway.signatures import NAME_PATTERN, VERSION_PATTERN, SignatureCache
@@ -125,7 +125,7 @@ class HttpDoor:
         """Records in, named results out (``tce_gateway.v1``)."""
         body = await self._body(request)
         signature = await self._signatures.get(model)
-        checked, schema = v1.parse_predict(body, signature)
+        checked, schema = v1.parse_predict(body, signature, self._config.limits)
         payload, headers = http_codec.encode_infer(checked)
         answer = await self._triton.http("POST", f"/v2/models/{model}/infer", payload, headers)
         return web.json_response(v1.answer(answer.status, answer.headers, answer.body, schema))
@@ -138,15 +138,20 @@ class HttpDoor:
             return web.Response(status=200 if answer.status == 200 else 503)
         self._method(request, "POST")
         content_type = request.headers.get("Content-Type", "application/json")
-        header_length = None
         if content_type.startswith(SAGEMAKER_BINARY):
             size = _HEADER_SIZE.search(content_type)
-            header_length = size.group(1).strip() if size else ""
-        response = await self._infer(request, model, "", header_length)
-        length = response.headers.pop(http_codec.HEADER_LENGTH, None)
-        if length is not None:  # SageMaker's way of saying where the JSON header ends
-            response.headers["Content-Type"] = f"application/vnd.sagemaker-triton.binary+json;json-header-size={length}"
-        return response
+            return _sagemaker_v2(await self._infer(request, model, "", size.group(1).strip() if size else ""))
+        body = await self._body(request)
+        signature = await self._signatures.get(model)
+        invocation = invocations.read_invocation(body, content_type, request.headers.get("Accept"), signature,
+                                                 self._config.limits)
+        payload, headers = http_codec.encode_infer(invocation.request)
+        answer = await self._triton.http("POST", f"/v2/models/{model}/infer", payload, headers)
+        if invocation.schema is None:
+            return _sagemaker_v2(_response(answer))
+        return web.Response(body=invocations.seed_answer(answer.status, answer.headers, answer.body,
+                                                         invocation.schema, invocation.response_type),
+                            content_type=invocation.response_type)
 
     async def _admin(self, request: web.Request, path: str) -> web.Response:
         key = request.headers.get(ADMIN_KEY_HEADER, "")
@@ -165,6 +170,13 @@ class HttpDoor:
         answer = await self._triton.http_all(request.method, path, payload, headers)
         self._signatures.clear()  # a model may have been loaded, unloaded or changed
         return _response(answer)
+
+
+def _sagemaker_v2(response: web.Response) -> web.Response:
+    length = response.headers.pop(http_codec.HEADER_LENGTH, None)
+    if length is not None:  # SageMaker's way of saying where the JSON header ends
+        response.headers["Content-Type"] = f"application/vnd.sagemaker-triton.binary+json;json-header-size={length}"
+    return response
 
 
 def _response(answer: HttpAnswer) -> web.Response:

@@ -120,14 +120,25 @@ def _header_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]
     return body[:cut], body[cut:]
 
 
+def json_document(data: bytes, limits: Limits) -> Any:
+    """``strict_json`` of a request body, after a count that bounds the work of parsing it."""
+    if data.count(b"[") + data.count(b"{") > limits.max_elements:  # before parsing: bounded work
+        raise Refusal(f"the request holds more JSON arrays and objects than the gateway's {limits.max_elements}",
+                      413)
+    return strict_json(data)
+
+
 def parse_infer(model: str, version: str, body: bytes, header_length: str | None, signature: ModelSignature,
                 limits: Limits) -> InferRequest:
     """A checked ``InferRequest`` from a KServe v2 HTTP body, or a Refusal naming the problem."""
     header_bytes, binary = _header_split(body, header_length)
-    if header_bytes.count(b"[") + header_bytes.count(b"{") > limits.max_elements:  # before parsing: bounded work
-        raise Refusal(f"the request holds more JSON arrays and objects than the gateway's {limits.max_elements}",
-                      413)
-    request = _object(strict_json(header_bytes), REQUEST_FIELDS, "the request")
+    return infer_request(model, version, json_document(header_bytes, limits), binary, signature, limits)
+
+
+def infer_request(model: str, version: str, document: Any, binary: bytes, signature: ModelSignature,
+                  limits: Limits) -> InferRequest:
+    """A checked ``InferRequest`` from a parsed KServe v2 JSON header and the binary data after it."""
+    request = _object(document, REQUEST_FIELDS, "the request")
     request_id = request.get("id", "")
     if not isinstance(request_id, str) or len(request_id) > limits.max_id_chars or not _printable(request_id):
         raise Refusal(f"the request 'id' must be printable text of at most {limits.max_id_chars} characters")

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import struct
-import warnings
 from typing import Any
 
 import numpy as np
 
 from tce_backends.contract import SCHEMA_PARAMETER
-from tce_client.errors import RecordError
+from tce_backends.errors import UsageError
 from tce_client.results import Prediction, predictions_from_outputs
-from tce_client.schema import EnsembleSchema, UnusedColumnsWarning
+from tce_client.schema import EnsembleSchema
+from tce_client.seed_requests import encode_records
+from tce_gateway.config import Limits
 from tce_gateway.errors import Refusal
-from tce_gateway.http_codec import strict_json
+from tce_gateway.http_codec import json_document
 from tce_gateway.signatures import ModelSignature
 from tce_gateway.tensors import InferRequest, InputTensor, frame_strings
 
@@ -33,26 +34,32 @@ def schema_of(signature: ModelSignature) -> EnsembleSchema:
     return EnsembleSchema.from_json(signature.published_schema)
 
 
-def parse_predict(body: bytes, signature: ModelSignature) -> tuple[InferRequest, EnsembleSchema]:
+def parse_predict(body: bytes, signature: ModelSignature, limits: Limits) -> tuple[InferRequest, EnsembleSchema]:
     """The canonical request for a v1 body, or a Refusal naming the record and field."""
-    document = strict_json(body)
+    document = json_document(body, limits)
     if not isinstance(document, dict) or set(document) != {"instances"}:
         raise Refusal('a v1 request is {"instances": [{record}, ...]} and nothing else')
     instances = document["instances"]
     if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
         raise Refusal("'instances' must be a non-empty list of records (JSON objects)")
-    if signature.max_batch_size and len(instances) > signature.max_batch_size:
-        raise Refusal(f"{len(instances)} instances; '{signature.name}' takes at most {signature.max_batch_size} "
+    return encode(instances, signature, limits, noun="instances")
+
+
+def encode(records: list[dict[str, Any]], signature: ModelSignature, limits: Limits, noun: str = "records"
+           ) -> tuple[InferRequest, EnsembleSchema]:
+    """Records as the canonical binary request, encoded by the SDK's rules (a field the
+    model does not take is refused); a Refusal names the record and field at fault."""
+    if signature.max_batch_size and len(records) > signature.max_batch_size:
+        raise Refusal(f"{len(records)} {noun}; '{signature.name}' takes at most {signature.max_batch_size} "
                       "per request")
     schema = schema_of(signature)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UnusedColumnsWarning)  # a field nobody expects is a mistake here
-        try:
-            arrays = schema.encode(instances)
-        except RecordError as error:
-            raise Refusal(str(error)) from None
-        except UnusedColumnsWarning as unused:
-            raise Refusal(f"{unused}; the model takes {', '.join(schema.input_fields)}") from None
+    if len(records) * len(schema.input_fields) > limits.max_elements:
+        raise Refusal(f"{len(records)} {noun} of {len(schema.input_fields)} fields take the request beyond the "
+                      f"gateway's {limits.max_elements} elements", 413)
+    try:
+        arrays = encode_records(schema, records)
+    except UsageError as error:
+        raise Refusal(str(error)) from None
     inputs = []
     for name, array in arrays.items():
         if array.dtype == object:
@@ -65,6 +72,11 @@ def parse_predict(body: bytes, signature: ModelSignature) -> tuple[InferRequest,
 
 def answer(status: int, headers: dict[str, str], body: bytes, schema: EnsembleSchema) -> dict[str, Any]:
     """Triton's binary answer as ``{"predictions": [...]}``, one object per record."""
+    return {"predictions": [_record(p) for p in predictions(status, headers, body, schema)]}
+
+
+def predictions(status: int, headers: dict[str, str], body: bytes, schema: EnsembleSchema) -> list[Prediction]:
+    """Triton's binary answer to a request ``encode`` made, one ``Prediction`` per record."""
     if status != 200:
         raise Refusal(f"Triton refused the request: {_error(body)}", status if status in (400, 404, 503) else 502)
     length = int(headers.get("Inference-Header-Content-Length", len(body)))
@@ -73,7 +85,7 @@ def answer(status: int, headers: dict[str, str], body: bytes, schema: EnsembleSc
         size = int(output.get("parameters", {}).get("binary_data_size", 0))
         outputs[output["name"]] = _array(output, body[offset:offset + size])
         offset += size
-    return {"predictions": [_record(p) for p in predictions_from_outputs(schema, outputs)]}
+    return predictions_from_outputs(schema, outputs)
 
 
 def _array(output: dict[str, Any], raw: bytes) -> np.ndarray:

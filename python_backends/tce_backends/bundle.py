@@ -124,7 +124,9 @@ class Bundle:
         return self.root / MODEL_FILE
 
     @classmethod
-    def load(cls, root: Path | str) -> "Bundle":
+    def load(cls, root: Path | str, strict_calibration: bool = True) -> "Bundle":
+        """``strict_calibration=False``: a calibration that cannot be read makes its tasks
+        fall back to raw (``calibrator.fallback_reasons``), as the served calibrator does."""
         root = Path(root)
         if not root.is_dir():
             raise BundleError("bundle", f"{root} is not a directory")
@@ -133,7 +135,7 @@ class Bundle:
             raise BundleError("model", f"missing {root / MODEL_FILE}")
         text = TextPreprocessor.load(root / TEXT_DIR)
         tabular = TabularPreprocessor.load(root / TABULAR_DIR)
-        calibrator = Calibrator.load(root / CALIBRATION_DIR, manifest.tasks, strict=True)
+        calibrator = Calibrator.load(root / CALIBRATION_DIR, manifest.tasks, strict=strict_calibration)
         text_names = tuple(f.name for f in text.fields)
         if text_names != manifest.text_fields:
             raise BundleError("text", f"fields {list(text_names)} do not match the manifest's "

@@ -31,6 +31,16 @@ TABULAR = "tabular"
 PROBABILITIES = "probabilities"
 CALIBRATION_VERSION = "calibration_version"
 CALIBRATION_FALLBACK = "calibration_fallback"
+RELEASE = "release"  # output: the release (one bundle's pinned step versions) that answered
+
+# The repository's releases and which one serves (tce.repository.releases writes it).
+RELEASES_FILE = "releases.json"
+
+
+def release_model_name(ensemble: str, release: int) -> str:
+    """The ensemble model that pins one release's step versions, for callers who name a release."""
+    return f"{ensemble}-release-{release}"
+
 
 # What model.pt raises for a token id outside its vocabulary (tce/trainer/modeling.py); the
 # Python host turns it into an invalid-argument error naming the input.

@@ -10,39 +10,41 @@ archive's root and this module (with ``tce_backends`` and ``tce_client``) under
     body, content_type = output_fn(prediction, accept)
 
 The whole ensemble runs in process: the same steps the Triton models run, chained by
-the reference pipeline. Requests: ``application/json`` (a record, a list of records,
-or ``{"instances": [...]}``), ``text/csv`` with a header row, ``application/x-npy``
-(a structured array whose field names are the record fields). Responses per
-``Accept``: seed 000's JSON (``legacy-score``, ``calibrated-score``, ``output-label``;
-``prob_NN``/``calibrated_prob_NN`` for multiclass; one object per task when there are
-several) or the same fields as CSV. Anything else is a ``ValueError`` naming what is
-supported, which the container answers with an error status.
+the reference pipeline. Requests and responses are seed 003's formats, read and written
+as the gateway's ``/invocations`` reads and writes them on the Triton image
+(``tce_client.seed_requests``, ``tce_client.seed_format``):
+
+- requests: ``application/json`` (a record, a list of records, or ``{"instances": [...]}``;
+  ``null`` is missing), ``text/csv`` with a header line or without one (then each line holds
+  the input fields in the order ``tce schema`` lists them), ``application/x-npy`` (a 2-D array
+  in that order, or a structured array named by field; never unpickled);
+- responses per ``Accept``: seed 000's JSON (``legacy-score``, ``calibrated-score``,
+  ``output-label``; ``prob_NN``/``calibrated_prob_NN`` for multiclass; one object per task
+  when there are several), the same fields as CSV, or as a structured ``.npy`` array.
+
+A calibration that cannot be read does not stop the model: its tasks are served raw with
+``calibration-fallback`` set in every record (seed 000's rule, as the served calibrator
+does), and ``model_fn`` logs one warning. Anything a caller gets wrong is a ``UsageError``
+(a ``ValueError``) naming the record and field, or the supported types.
 """
 from __future__ import annotations
 
-import io
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from tce_backends.bundle import Bundle
-from tce_backends.errors import UsageError
 from tce_backends.reference import ReferencePipeline
 from tce_client.results import Prediction, predictions_from_outputs
 from tce_client.schema import EnsembleSchema, schema_for
-from tce_client.seed_format import seed_csv, seed_rows
+from tce_client.seed_format import JSON, RESPONSE_TYPES, UnsupportedMediaType, response_type, seed_response
+from tce_client.seed_requests import REQUEST_TYPES, SeedBody, encode_records, read_seed_body
 
-JSON, CSV, NPY = "application/json", "text/csv", "application/x-npy"
-REQUEST_TYPES = (JSON, CSV, NPY)
-RESPONSE_TYPES = (JSON, CSV)
-
-
-class UnsupportedContentType(UsageError):
-    """A request or response media type the handler does not speak."""
+__all__ = ["JSON", "REQUEST_TYPES", "RESPONSE_TYPES", "LoadedEnsemble", "UnsupportedContentType", "input_fn",
+           "model_fn", "output_fn", "predict_fn"]
+LOG = logging.getLogger(__name__)
+UnsupportedContentType = UnsupportedMediaType  # the name this module has always raised
 
 
 @dataclass(frozen=True)
@@ -51,73 +53,31 @@ class LoadedEnsemble:
     schema: EnsembleSchema
 
 
-def _media_type(value: str | None, default: str) -> str:
-    media = (value or "").split(";")[0].strip().lower()
-    return default if media in ("", "*/*") else media
-
-
 def model_fn(model_dir: str) -> LoadedEnsemble:
     """The bundle at ``model_dir`` (the archive's root) as an in-process ensemble."""
-    bundle = Bundle.load(Path(model_dir))
+    bundle = Bundle.load(Path(model_dir), strict_calibration=False)
+    reasons = bundle.calibrator.fallback_reasons
+    if reasons:
+        LOG.warning("calibration unavailable for task(s) %s, serving raw scores with calibration-fallback set: %s",
+                    ", ".join(repr(task) for task in reasons), "; ".join(sorted(set(reasons.values()))))
     return LoadedEnsemble(ReferencePipeline(bundle), schema_for(bundle.manifest))
 
 
-def _records_from_json(body: Any) -> list[dict[str, Any]]:
-    if isinstance(body, dict) and "instances" in body:
-        body = body["instances"]
-    if isinstance(body, dict):
-        return [body]
-    if isinstance(body, list) and all(isinstance(record, dict) for record in body):
-        return body
-    raise UsageError('application/json takes a record, a list of records or {"instances": [records]}')
+def input_fn(request_body: bytes | str, request_content_type: str) -> SeedBody:
+    """The request's records, read in their format (named by field in ``predict_fn``,
+    where the model's fields are known)."""
+    return read_seed_body(request_body, request_content_type)
 
 
-def input_fn(request_body: bytes | str, request_content_type: str) -> pd.DataFrame:
-    """The request's records, one row each."""
-    media = _media_type(request_content_type, JSON)
-    text = request_body.decode("utf-8") if isinstance(request_body, (bytes, bytearray)) and media != NPY \
-        else request_body
-    if media == JSON:
-        try:
-            records = _records_from_json(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise UsageError(f"the application/json body is not JSON: {error}") from None
-        return pd.DataFrame(records, index=pd.RangeIndex(len(records)))
-    if media == CSV:
-        try:
-            return pd.read_csv(io.StringIO(str(text)), keep_default_na=True)
-        except (ValueError, pd.errors.ParserError) as error:
-            raise UsageError(f"the text/csv body needs a header row and records: {error}") from None
-    if media == NPY:
-        raw = request_body.encode() if isinstance(request_body, str) else bytes(request_body)
-        try:
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as error:
-            raise UsageError(f"the application/x-npy body is not a .npy array without objects: {error}") from None
-        if array.dtype.names is None:
-            raise UsageError("application/x-npy needs a structured array whose field names are the record fields "
-                             f"(got a plain {array.dtype} array of shape {array.shape})")
-        frame = pd.DataFrame({name: array[name].reshape(-1) for name in array.dtype.names})
-        for name in frame.columns:
-            if frame[name].dtype.kind == "S":
-                frame[name] = frame[name].str.decode("utf-8")
-        return frame
-    raise UnsupportedContentType(f"unsupported request content type {request_content_type!r}; use one of "
-                                 f"{', '.join(REQUEST_TYPES)}")
-
-
-def predict_fn(input_data: pd.DataFrame, model: LoadedEnsemble) -> list[Prediction]:
-    """Raw and calibrated scores per record and task, as the served ensemble returns them."""
-    inputs = model.schema.encode(input_data)
-    outputs = model.pipeline.predict(inputs)
+def predict_fn(input_data: SeedBody | Any, model: LoadedEnsemble) -> list[Prediction]:
+    """Raw and calibrated scores per record and task, as the served ensemble returns them.
+    ``input_data``: what ``input_fn`` returns, or records (dicts, a DataFrame)."""
+    records = input_data.records_for(model.schema.input_fields) if isinstance(input_data, SeedBody) else input_data
+    outputs = model.pipeline.predict(encode_records(model.schema, records))
     return predictions_from_outputs(model.schema, outputs)
 
 
-def output_fn(prediction: list[Prediction], accept: str) -> tuple[str, str]:
+def output_fn(prediction: list[Prediction], accept: str) -> tuple[str | bytes, str]:
     """(body, content type) in seed 000's formats."""
-    media = _media_type(accept, JSON)
-    if media == JSON:
-        return json.dumps({"predictions": seed_rows(prediction)}), JSON
-    if media == CSV:
-        return seed_csv(seed_rows(prediction)), CSV
-    raise UnsupportedContentType(f"unsupported Accept {accept!r}; use one of {', '.join(RESPONSE_TYPES)}")
+    media = response_type(accept)
+    return seed_response(prediction, media), media

@@ -3,9 +3,12 @@ used by more than one command."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tce.lib.rejects import DEFAULT_REJECT_LIMIT, RejectLimit
+from tce.lib.seed_settings import SeedSettings, choose
 from tce_backends.errors import UsageError
 from tce_client import DEFAULT_MODEL
 
@@ -48,7 +51,8 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None, help="server address (if not given: localhost:8001, or :8000 for http)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="protocol to call the server with")
     p.add_argument("--model", default=DEFAULT_MODEL, help="ensemble name")
-    p.add_argument("--id-field", default=None, help="ID column, written beside the predictions")
+    p.add_argument("--id-field", default=None, help="ID column, written beside the predictions and the rejected "
+                   "records (if not given: the environment's ID_FIELD, as seed 001 reads it)")
     p.add_argument("--allow-missing-columns", action="store_true",
                    help="score a model input missing from the file as missing in every row (default: an error "
                         "naming the column and the closest one the file has)")
@@ -57,7 +61,30 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
                         "saved chunk")
     p.add_argument("--max-in-flight", type=int, default=8,
                    help="most requests in flight at once; fewer while the server refuses requests for load")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="records per request, at most the server's largest batch (if not given: the environment's "
+                        "BATCH_SIZE, as seed 001 reads it, else the server's largest batch)")
+    p.add_argument("--max-rejects", default=DEFAULT_REJECT_LIMIT, metavar="LIMIT",
+                   help="records that cannot be scored (text that is not UTF-8, a number that does not parse) are "
+                        "left out and listed in <stem>_rejects.<format> beside the output; the job fails, with no "
+                        "marker, only past this many: a count (10), a percentage (0.5%%) or a fraction (0.005); "
+                        "the default allows whichever of the two is more")
     p.add_argument("--restart", action="store_true", help="discard a previous run's saved chunks and start over")
+
+
+def apply_seed_settings(args: argparse.Namespace, note: Callable[[str], None] = print) -> SeedSettings:
+    """Fill the batch options not given on the command line from the seeds' environment
+    variables (ID_FIELD, BATCH_SIZE), parse --max-rejects, and note the settings the server
+    decides (DEVICE, ACCELERATOR, NUM_WORKERS). Returns the settings read."""
+    settings = SeedSettings.from_environ(os.environ)
+    args.id_field_option = "--id-field" if args.id_field is not None else "ID_FIELD"  # how the user named it
+    args.id_field = choose(args.id_field, settings.id_field)
+    args.batch_size = choose(args.batch_size, settings.batch_size)
+    args.max_rejects = RejectLimit.parse(args.max_rejects)
+    line = settings.note()
+    if line:
+        note(line)
+    return settings
 
 
 def int_list(text: str) -> tuple[int, ...]:

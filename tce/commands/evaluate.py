@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from tce.commands.common import Commands, add_batch_options, add_command, label_overrides
+from tce.commands.common import Commands, add_batch_options, add_command, apply_seed_settings, label_overrides
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tce.jobs.evaluate import EvaluateJob, run_evaluate
+    from tce.lib.seed_evaluation import ComparisonFlags, comparison_switches
 
+    previous_score_field, comparison = comparison_switches(ComparisonFlags(
+        args.previous_score_field, args.comparison_mode, args.comparison_metrics, args.statistical_tests,
+        args.comparison_plots), os.environ)
+    settings = apply_seed_settings(args)  # ID_FIELD, LABEL_FIELD, BATCH_SIZE as defaults; --max-rejects
+    labels = label_overrides(args.label) or ({"*": settings.label_field} if settings.label_field else {})
     job = EvaluateJob(args.out, input=args.input, predictions=args.predictions, bundle=args.bundle,
-                      labels=label_overrides(args.label),
-                      id_field=args.id_field, previous_score_field=args.previous_score_field,
+                      labels=labels, task=args.task, comparison=comparison,
+                      batch_size=args.batch_size, max_rejects=args.max_rejects,
+                      id_field=args.id_field, previous_score_field=previous_score_field,
                       compare_task=args.compare_task, bins=args.bins, bootstrap_samples=args.bootstrap_samples,
                       url=args.url, protocol=args.protocol, model=args.model, format=args.format,
                       allow_missing_columns=args.allow_missing_columns, chunk_rows=args.chunk_rows,
@@ -20,7 +28,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = run_evaluate(job)
     print(report.summary, end="")
     print(f"\nmetrics.json, metrics_summary.txt, plots and predictions of {report.records} records written to "
-          f"{report.out}")
+          f"{report.out} (seed 002's layout in {report.out / 'eval'} and {report.out / 'metrics'})")
     return 0
 
 
@@ -33,14 +41,28 @@ def add(commands: Commands) -> None:
     source.add_argument("--input", type=Path, help="labelled records to score on a running server: a CSV, TSV or "
                         "Parquet file, or a directory of them")
     source.add_argument("--predictions", type=Path, help="an already scored, labelled predictions file "
-                        "(prob_class_<i> and calibrated_prob_class_<i> columns)")
+                        "(prob_class_<i>, and calibrated_prob_class_<i> if calibrated: without them, raw "
+                        "metrics only, e.g. seed 001's output)")
     p.add_argument("--out", type=Path, required=True, help="directory for metrics, plots and predictions")
     p.add_argument("--bundle", type=Path, default=None, help="with --predictions: the bundle whose tasks and class "
                    "names the file holds (if not given: tasks from the column names, labels as class indices)")
     p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN",
                    help="true-label column of a task (if not given: label, or label_<task> with several tasks)")
+    p.add_argument("--task", default=None, help="evaluate this task only, named as seed 002's one-task model "
+                   "(metrics/metrics.json keys eval/auroc, ...; if not given: every task, seed names prefixed <task>_)")
     p.add_argument("--previous-score-field", default=None,
-                   help="a previous model's class-1 score column: compare the two models")
+                   help="a previous model's class-1 score column: compare the two models (if not given: seed 002's "
+                   "PREVIOUS_SCORE_FIELD, used when COMPARISON_MODE is true)")
+    switches = (("--comparison-mode", ("true", "false"), "COMPARISON_MODE", "compare with the previous model's score"),
+                ("--comparison-metrics", ("all", "basic"), "COMPARISON_METRICS", "basic: both models' metrics, "
+                 "differences, correlations; all: also agreement and score distributions"),
+                ("--statistical-tests", ("true", "false"), "STATISTICAL_TESTS", "paired t-test, Wilcoxon, McNemar, "
+                 "DeLong, bootstrap"),
+                ("--comparison-plots", ("true", "false"), "COMPARISON_PLOTS", "previous model in the plots, "
+                 "comparison scatter and distributions"))
+    for flag, choices, variable, what in switches:
+        p.add_argument(flag, choices=choices, default=None, help=f"{what} (if not given: seed 002's {variable}, "
+                       "else the seed's default)")
     p.add_argument("--compare-task", default=None, help="the binary task the previous score belongs to "
                    "(needed when there are several)")
     p.add_argument("--bins", type=int, default=15, help="reliability bins (ECE, diagrams)")

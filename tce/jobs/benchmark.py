@@ -11,19 +11,33 @@ On one realistic record mix (short chats and long threads) it times
 It prints records/s and p50/p99 for each, the ratios the project targets and each
 step's queue and compute per request from Triton's statistics API, and writes seed
 004's ``speed_metrics`` fields for (a), (b) and (c) to a JSON file.
+
+Seed 004's own file, ``test_metrics.json`` (``tce.lib.seed_test_metrics``), is written too:
+its flat ``speed_metrics`` are the served ensemble's at saturation (``SEED_SPEED_MODE``: what
+a deployment delivers), and its quality ``metrics`` (``tce.lib.seed_benchmark_metrics``) come
+from a labelled file scored through the same server, after the timings; without one they are
+all ``"NaN"``. The served figures carry the server's device (its model config), the
+in-process ones the ``device`` asked for.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from tce.lib.demo_data import make_dataset
+from tce.lib.labels import label_column, true_labels
+from tce.lib.seed_benchmark_metrics import json_ready, tasks_metrics, undefined_metrics
+from tce.lib.seed_test_metrics import SeedLayout, seed_document, write_test_metrics
+from tce.lib.tables import read_frame
 from tce_backends import contract
 from tce_backends.bundle import MODEL_FILE, Manifest
 from tce_backends.errors import UsageError
@@ -32,6 +46,8 @@ from tce_backends.steps import PreprocessStep
 from tce_client.schema import EnsembleSchema
 
 MS = 1e3
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")  # the seed's cuda, cpu, mps; auto and cuda:N as pick_device
+SEED_SPEED_MODE = "served_saturation"  # which of speed_metrics fills test_metrics.json's flat speed_metrics
 
 
 @dataclass(frozen=True)
@@ -46,17 +62,87 @@ class BenchmarkConfig:
     device: str = "auto"
     model: str = contract.DEFAULT_ENSEMBLE
     seed: int = 0
+    labelled: Path | None = None  # labelled records for the quality metrics (seed 004's split)
+    label_columns: Mapping[str, str] = field(default_factory=dict)  # task -> true-label column
 
     def __post_init__(self) -> None:
-        if not (Path(self.repository) / MULTIMODAL_MODEL / "1" / MODEL_FILE).is_file():
-            raise UsageError(f"{self.repository} holds no {MULTIMODAL_MODEL}/1/{MODEL_FILE}; build it first "
-                             "(make build)")
+        _check_repository(Path(self.repository))
+        if not DEVICES.fullmatch(self.device):
+            raise UsageError(f"--device {self.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+        if self.labelled is not None and not Path(self.labelled).is_file():
+            raise UsageError(f"--labelled {self.labelled} is not a file (labelled records: CSV, TSV or Parquet, "
+                             "e.g. from 'tce demo-data --labels')")
         if self.records < 1 or self.single_pairs < 1 or self.seconds_per_level <= 0:
             raise UsageError("records, single_pairs and seconds_per_level must be positive")
         if not 0 <= self.long_thread_share <= 1:
             raise UsageError(f"long_thread_share must be in [0, 1], got {self.long_thread_share}")
         if not self.batch_sizes or min(self.batch_sizes) < 1 or not self.concurrency or min(self.concurrency) < 1:
             raise UsageError("batch sizes and concurrency levels must be positive integers")
+
+
+def _check_repository(repository: Path) -> None:
+    if repository.is_file():
+        raise UsageError(f"{repository} is a file, not a model repository: tce benchmark times a built repository "
+                         f"(tce import-seed, then tce build), or give its {MULTIMODAL_MODEL}/1/{MODEL_FILE}")
+    if not (repository / MULTIMODAL_MODEL / "1" / MODEL_FILE).is_file():
+        raise UsageError(f"{repository} holds no {MULTIMODAL_MODEL}/1/{MODEL_FILE}; build it first (make build)")
+
+
+def repository_of(path: Path) -> Path:
+    """A repository, or the ``multimodal_model/1/model.pt`` inside one (seed 004's ``--checkpoint``)."""
+    parts = path.parts
+    if len(parts) >= 4 and tuple(parts[-3:]) == (MULTIMODAL_MODEL, "1", MODEL_FILE):
+        return path.parents[2]
+    return path
+
+
+def check_device_present(device: str) -> None:
+    """A device asked for by name must exist here: one line now, not a torch traceback later."""
+    from tce_backends.model_runner import torch  # through model_runner: it sets the OpenMP wait policy first
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this machine has no CUDA GPU (use --device cpu or auto)")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: Apple's MPS is not available on this machine (use --device cpu or auto)")
+
+
+# --- labelled records (the quality metrics) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelledRecords:
+    """Seed 004's split: records to score and each task's true class indices, in the model's task order."""
+
+    path: Path
+    records: pd.DataFrame
+    labels: tuple[tuple[str, np.ndarray], ...]
+
+
+def load_labelled(path: Path, manifest: Manifest, overrides: Mapping[str, str]) -> LabelledRecords:
+    """Read and check the labels before anything is timed: a wrong column found afterwards would
+    waste the whole run."""
+    unknown = sorted(set(overrides) - {t.name for t in manifest.tasks})
+    if unknown:
+        raise UsageError(f"--label names unknown tasks {unknown}; the tasks are {[t.name for t in manifest.tasks]}")
+    frame = read_frame(path)
+    if frame.empty:
+        raise UsageError(f"--labelled {path} holds no records")
+    columns = {t.name: label_column(t, manifest.tasks, overrides) for t in manifest.tasks}
+    labels = tuple((t.name, true_labels(frame, t, columns[t.name])) for t in manifest.tasks)
+    return LabelledRecords(Path(path), frame.drop(columns=list(set(columns.values()))), labels)
+
+
+def score_labelled(grpc_url: str, model: str, labelled: LabelledRecords
+                   ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(task, labels, raw probabilities)`` per task: the model's scores, as the seed's softmax."""
+    from tce_client import CalibratedClassifierClient, UnusedColumnsWarning
+
+    with CalibratedClassifierClient(grpc_url, protocol="grpc", model=model) as client, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedColumnsWarning)  # a split carries ids and other columns; a missing
+        predictions = client.predict(labelled.records)         # model input is still an error
+    return [(task, labels, np.stack([p[task].raw for p in predictions]).astype(np.float64))
+            for task, labels in labelled.labels]
 
 
 # --- the record mix ---------------------------------------------------------------------------------------------
@@ -220,8 +306,29 @@ class ServedEnsemble:
         body = await self.client.get_inference_statistics(as_json=True)
         return {s["name"]: _stat_totals(s) for s in body.get("model_stats", [])}
 
+    async def model_config(self) -> dict[str, Any]:
+        body = await self.client.get_model_config(MULTIMODAL_MODEL, as_json=True)
+        return body.get("config", body)
+
     async def close(self) -> None:
         await self.client.close()
+
+
+def served_device(model_config: Mapping[str, Any], local: bool) -> str:
+    """Where the server runs ``model.pt``, from its model config: a GPU instance is ``cuda``; the
+    Python host follows its ``device`` parameter, whose ``auto`` this machine resolves when the
+    server is local (the embedded one) and stays ``auto`` on a server elsewhere."""
+    groups = model_config.get("instance_group") or [{}]
+    if any(group.get("kind") == "KIND_GPU" for group in groups):
+        return "cuda"
+    if model_config.get("backend") != "python":
+        return "cpu"
+    device = model_config.get("parameters", {}).get("device", {}).get("string_value", "auto")
+    if device == "auto" and local:
+        from tce_backends.model_runner import torch  # through model_runner: it sets the OpenMP wait policy first
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -254,6 +361,19 @@ def step_breakdown(before: dict[str, dict[str, float]], after: dict[str, dict[st
 # --- the run ----------------------------------------------------------------------------------------------------
 
 @dataclass
+class ServedRun:
+    """What the server phase measured, and the quality of its scores on the labelled records."""
+
+    single_bare: Timings
+    single_served: Timings
+    levels: dict[int, Timings]
+    steps_single: dict[str, dict]
+    steps_saturation: dict[str, dict]
+    device: str
+    quality: list[tuple[str, np.ndarray, np.ndarray]] | None = None  # (task, labels, raw probabilities)
+
+
+@dataclass
 class BenchmarkResult:
     device: str
     real_token_share: float
@@ -264,6 +384,11 @@ class BenchmarkResult:
     served: dict[int, Timings]
     steps_single: dict[str, dict]
     steps_saturation: dict[str, dict]
+    served_device: str = ""
+    model_name: str = ""
+    tasks: tuple[tuple[str, int], ...] = ()  # (task, classes), the model's order
+    quality_metrics: dict[str, float] | None = None  # seed 004's names; None: no labelled records
+    labelled_records: int = 0
 
     @staticmethod
     def _best(runs: dict[int, Timings]) -> tuple[int, Timings]:
@@ -280,12 +405,17 @@ class BenchmarkResult:
     def speed_metrics(self) -> dict[str, Any]:
         (ceiling_batch, ceiling), (naive_batch, naive) = self._best(self.in_process), self._best(self.fixed_padding)
         saturation_level, saturation = self._best(self.served)
+        served_device = self.served_device or self.device
         return {
             "in_process": {**ceiling.speed_metrics(self.device), "batch_size": ceiling_batch},
             "fixed_padding": {**naive.speed_metrics(self.device), "batch_size": naive_batch},
-            "served_saturation": {**saturation.speed_metrics(self.device), "concurrency": saturation_level},
-            "served_concurrency_1": self.single_served.speed_metrics(self.device),
+            "served_saturation": {**saturation.speed_metrics(served_device), "concurrency": saturation_level},
+            "served_concurrency_1": self.single_served.speed_metrics(served_device),
         }
+
+    def seed_metrics(self) -> dict[str, float]:
+        """test_metrics.json's ``metrics``: measured, or every name ``"NaN"`` without labelled records."""
+        return self.quality_metrics if self.quality_metrics is not None else undefined_metrics(self.tasks)
 
     def to_json(self) -> dict[str, Any]:
         def table(runs: dict[int, Timings]) -> dict[str, dict]:
@@ -293,15 +423,22 @@ class BenchmarkResult:
                              "errors": t.errors} for k, t in runs.items()}
 
         return {"speed_metrics": self.speed_metrics(), "ratios": self.ratios(), "device": self.device,
-                "real_token_share": self.real_token_share, "in_process_by_batch": table(self.in_process),
+                "served_device": self.served_device, "quality_metrics": json_ready(self.quality_metrics),
+                "labelled_records": self.labelled_records, "real_token_share": self.real_token_share,
+                "in_process_by_batch": table(self.in_process),
                 "fixed_padding_by_batch": table(self.fixed_padding), "served_by_concurrency": table(self.served),
                 "steps_concurrency_1": self.steps_single, "steps_saturation": self.steps_saturation}
 
 
 async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: EnsembleSchema, records: list[dict],
-                        inputs: list[np.ndarray], bare: InProcessModel, log: Callable[[str], None]) -> tuple:
+                        inputs: list[np.ndarray], bare: InProcessModel, log: Callable[[str], None],
+                        local: bool) -> ServedRun:
     served = ServedEnsemble(grpc_url, config.model, schema, records)
     try:
+        device = served_device(await served.model_config(), local)
+        if config.device != "auto":
+            log(f"note: --device {config.device} places model.pt in process, (a) and (b); the served ensemble, "
+                f"(c), runs where the server puts it: {device}")
         for index in range(min(16, len(records))):  # warm-up: first calls pay lazy initialisation
             await served.one(index)
         single_bare, single_served = Timings(), Timings()
@@ -325,7 +462,7 @@ async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: Ensemble
             if not steps_saturation or levels[level].throughput >= max(t.throughput for t in levels.values()):
                 steps_saturation = steps
             log(f"(c) served, concurrency {level}: {levels[level].throughput:.1f} records/s")
-        return single_bare, single_served, levels, steps_single, steps_saturation
+        return ServedRun(single_bare, single_served, levels, steps_single, steps_saturation, device)
     finally:
         await served.close()
 
@@ -337,6 +474,8 @@ def run_benchmark(config: BenchmarkConfig, grpc_url: str | None = None,
 
     repository = Path(config.repository)
     manifest = Manifest.load(repository / MULTIMODAL_MODEL / "1")
+    labelled = load_labelled(config.labelled, manifest, config.label_columns) if config.labelled else None
+    check_device_present(config.device)
     schema = schema_for(manifest)
     records = record_mix(schema, config.records, config.long_thread_share, config.seed)
     inputs = model_inputs(repository, schema, records)
@@ -354,17 +493,25 @@ def run_benchmark(config: BenchmarkConfig, grpc_url: str | None = None,
         log(f"(a) in process, batch {batch_size:>2}: {in_process[batch_size].throughput:8.1f} records/s   "
             f"(b) fixed padding: {fixed_padding[batch_size].throughput:8.1f} records/s")
 
-    def phases(url: str) -> tuple:
-        return asyncio.run(_serve_phases(config, url, schema, records, inputs, trimmed, log))
+    def phases(url: str, local: bool) -> ServedRun:
+        run = asyncio.run(_serve_phases(config, url, schema, records, inputs, trimmed, log, local))
+        if labelled is not None:  # after the timings, so scoring never disturbs them
+            run.quality = score_labelled(url, config.model, labelled)
+            log(f"quality: {len(labelled.records)} labelled records of {labelled.path} scored")
+        return run
 
     if grpc_url:
-        served = phases(grpc_url)
+        served = phases(grpc_url, local=False)
     else:
         from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
         with EmbeddedServer(ServerConfig(repository, *free_ports())) as server:
-            served = phases(server.config.grpc_url)
-    return BenchmarkResult(device, share, in_process, fixed_padding, *served)
+            served = phases(server.config.grpc_url, local=True)
+    return BenchmarkResult(device, share, in_process, fixed_padding, served.single_bare, served.single_served,
+                           served.levels, served.steps_single, served.steps_saturation, served_device=served.device,
+                           model_name=manifest.name, tasks=tuple((t.name, t.num_classes) for t in manifest.tasks),
+                           quality_metrics=tasks_metrics(served.quality) if served.quality is not None else None,
+                           labelled_records=len(labelled.records) if labelled is not None else 0)
 
 
 def _row(name: str, timings: Timings) -> str:
@@ -412,3 +559,21 @@ def write_json(result: BenchmarkResult, path: Path, config: BenchmarkConfig) -> 
     body = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
             **result.to_json()}
     path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
+def write_seed_layout(result: BenchmarkResult, config: BenchmarkConfig, layout: SeedLayout) -> Path:
+    """Seed 004's ``test_metrics.json``: the served ensemble's figures at saturation as its flat
+    ``speed_metrics``, the quality metrics under the seed's names, ``checkpoint`` the served weights."""
+    checkpoint = Path(config.repository) / MULTIMODAL_MODEL / "1" / MODEL_FILE
+    document = seed_document(layout, str(checkpoint), result.model_name, result.seed_metrics(),
+                             result.speed_metrics()[SEED_SPEED_MODE])
+    return write_test_metrics(layout, document)
+
+
+def format_quality(result: BenchmarkResult) -> str:
+    """The quality metrics, one line each, or why there are none."""
+    if result.quality_metrics is None:
+        return "quality metrics: none (no --labelled records); test_metrics.json says \"NaN\" for each"
+    lines = [f"quality metrics on {result.labelled_records} labelled records (seed 004's names, raw scores)"]
+    lines += [f"  {name:<40}{value:8.4f}" for name, value in result.quality_metrics.items()]
+    return "\n".join(lines)

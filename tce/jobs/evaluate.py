@@ -4,14 +4,18 @@ Labelled records are scored through the served ensemble (``tce predict``'s batch
 resumable, into ``OUT/.scoring``), or an already scored predictions file is read.
 For every task the raw and the calibrated scores are evaluated side by side
 (``tce.lib.evaluation_metrics``), plots drawn (``tce.lib.plots``), and, given a previous
-model's score column, the two models compared. ``OUT`` receives
-``eval_predictions.<fmt>``, ``metrics.json``, ``metrics_summary.txt``, the PNGs, and
-``_SUCCESS`` and ``_HEALTH`` last.
+model's score column, the two models compared (seed 002's switches:
+``tce.lib.seed_evaluation``). A predictions file without calibrated columns (seed 001's
+``prob_class_<i>`` only) is evaluated on its raw scores, the calibrated metrics absent
+(``null`` in ``metrics.json``). ``OUT`` receives ``eval_predictions.<fmt>``,
+``metrics.json``, ``metrics_summary.txt``, the PNGs, seed 002's own layout in ``OUT/eval``
+and ``OUT/metrics`` (``tce.lib.seed_evaluation``), and ``_SUCCESS`` and ``_HEALTH`` last.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +27,12 @@ import pandas as pd
 from tce.jobs.predict import PredictJob, run_predict
 from tce.lib import evaluation_metrics as evaluation
 from tce.lib import plots
+from tce.lib import seed_evaluation as seed
 from tce.lib.labels import true_labels
 from tce.lib.parts import HEALTH, SUCCESS, write_markers
-from tce.lib.tables import TableSource, file_format, read_frame
+from tce.lib.rejects import RejectLimit
+from tce.lib.seed_evaluation import ComparisonOptions
+from tce.lib.tables import TableSource, file_format, read_frame, write_frame
 from tce_backends.bundle import Manifest
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec
@@ -61,6 +68,10 @@ class EvaluateJob:
     chunk_rows: int = 1024
     max_in_flight: int = 8
     restart: bool = False
+    batch_size: int | None = None            # records per request (tce predict's --batch-size)
+    max_rejects: RejectLimit = RejectLimit()  # records that cannot be scored: left out of the metrics, up to this
+    task: str | None = None                 # evaluate this task only, under seed 002's one-task names
+    comparison: ComparisonOptions = field(default_factory=ComparisonOptions)
 
     def __post_init__(self) -> None:
         if (self.input is None) == (self.predictions is None):
@@ -78,7 +89,7 @@ class EvaluatedTask:
     spec: TaskSpec
     label_column: str
     scores: plots.TaskScores
-    metrics: dict[str, dict[str, float]]   # "raw" / "calibrated" -> metrics
+    metrics: dict[str, dict[str, float] | None]   # "raw" / "calibrated" -> metrics (None: no calibrated scores)
 
 
 @dataclass(frozen=True)
@@ -91,11 +102,26 @@ class EvaluationReport:
     out: Path
 
 
-def _label_columns(tasks: tuple[TaskSpec, ...], overrides: Mapping[str, str]) -> dict[str, str]:
+def _selected(tasks: tuple[TaskSpec, ...], task: str | None) -> tuple[TaskSpec, ...]:
+    if task is None:
+        return tasks
+    chosen = tuple(t for t in tasks if t.name == task)
+    if not chosen:
+        raise UsageError(f"--task {task!r} is not a task of this model; the tasks are {[t.name for t in tasks]}")
+    return chosen
+
+
+def _label_columns(tasks: tuple[TaskSpec, ...], overrides: Mapping[str, str], single: bool) -> dict[str, str]:
+    """Label column per task; ``single``: the model has one task (labels in ``label``)."""
+    if "*" in overrides:  # LABEL_FIELD (seed 002): the label column of the one task evaluated
+        if len(tasks) != 1:
+            raise UsageError(f"LABEL_FIELD names one label column, but {len(tasks)} tasks are evaluated: give "
+                             "--label TASK=COLUMN per task, or --task")
+        overrides = {tasks[0].name: overrides["*"]}
     unknown = sorted(set(overrides) - {t.name for t in tasks})
     if unknown:
-        raise UsageError(f"--label names unknown tasks {unknown}; the tasks are {[t.name for t in tasks]}")
-    return {t.name: overrides.get(t.name, true_label_column(t.name, len(tasks) == 1)) for t in tasks}
+        raise UsageError(f"--label names unknown tasks {unknown}; the tasks evaluated are {[t.name for t in tasks]}")
+    return {t.name: overrides.get(t.name, true_label_column(t.name, single)) for t in tasks}
 
 
 def _served_tasks(job: EvaluateJob) -> tuple[TaskSpec, ...]:
@@ -140,10 +166,15 @@ def _score(job: EvaluateJob, tasks: tuple[TaskSpec, ...], labels: dict[str, str]
     scoring = PredictJob(job.input, job.output / SCORING_DIR, url=job.url, protocol=job.protocol, model=job.model,
                          format=job.format, id_field=job.id_field, keep=keep,
                          allow_missing_columns=job.allow_missing_columns, chunk_rows=job.chunk_rows,
-                         max_in_flight=job.max_in_flight, restart=job.restart, output_stem=OUTPUT_STEM)
-    path = run_predict(scoring, note=note).path
-    assert path is not None  # evaluate scores in one run, never as a shard
-    return path
+                         max_in_flight=job.max_in_flight, restart=job.restart, output_stem=OUTPUT_STEM,
+                         batch_size=job.batch_size, max_rejects=job.max_rejects)
+    result = run_predict(scoring, note=note)
+    assert result.path is not None  # evaluate scores in one run, never as a shard
+    if result.rejects_path is not None:  # kept beside the metrics (.scoring goes)
+        kept = result.rejects_path.replace(job.output / result.rejects_path.name)
+        note(f"note: {result.rejected} records could not be scored and are left out of the metrics; {kept} lists "
+             "them (file, row, field, reason)")
+    return result.path
 
 
 def _check_label_values(source: TableSource, tasks: tuple[TaskSpec, ...], labels: Mapping[str, str],
@@ -158,11 +189,12 @@ def _check_label_values(source: TableSource, tasks: tuple[TaskSpec, ...], labels
 
 def _previous_scores(frame: pd.DataFrame, column: str) -> np.ndarray:
     if column not in frame:
-        raise UsageError(f"--previous-score-field {column!r} is not a column of the predictions")
+        raise UsageError(f"the previous model's score column {column!r} (--previous-score-field or "
+                         "PREVIOUS_SCORE_FIELD) is not a column of the predictions")
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = int((values.isna() | (values < 0) | (values > 1)).sum())
     if bad:
-        raise UsageError(f"--previous-score-field {column!r} needs a probability in [0, 1] in every row; "
+        raise UsageError(f"the previous model's score column {column!r} needs a probability in [0, 1] in every row; "
                          f"{bad} rows have none")
     return values.to_numpy(dtype=np.float64)
 
@@ -178,39 +210,62 @@ def _compared_task(job: EvaluateJob, tasks: list[EvaluatedTask]) -> EvaluatedTas
     if len(binary) != 1:
         raise UsageError("a previous model's score compares with one binary task: add --compare-task (one of "
                          f"{[t.spec.name for t in binary]})" if binary else
-                         "a previous model's score needs a binary task; this model has none")
+                         "a previous model's score needs a binary task; the tasks evaluated have none")
     return binary[0]
 
 
+def _task_series(frame: pd.DataFrame, task: TaskSpec, single: bool) -> dict[str, np.ndarray]:
+    """Raw probabilities, and calibrated ones when the file has every calibrated column
+    (none: raw only, as seed 001 writes; some: a damaged file)."""
+    series = {}
+    for kind in ("raw", "calibrated"):
+        names = probability_columns(task.name, task.num_classes, single, calibrated=kind == "calibrated")
+        missing = [n for n in names if n not in frame]
+        if kind == "calibrated" and len(missing) == len(names):
+            continue
+        if missing:
+            hint = " (add them with 'tce calibrate apply', or drop them all to evaluate raw scores only)" \
+                if kind == "calibrated" else ""
+            raise UsageError(f"task {task.name!r}: the predictions lack the {kind} columns {missing}{hint}")
+        series[kind] = frame[names].to_numpy(dtype=np.float64)
+    return series
+
+
+def _compare(job: EvaluateJob, frame: pd.DataFrame, evaluated: list[EvaluatedTask]) -> dict[str, Any]:
+    assert job.previous_score_field is not None
+    target = _compared_task(job, evaluated)
+    previous = _previous_scores(frame, job.previous_score_field)
+    scores, options = target.scores, job.comparison
+    calibrated = scores.series["calibrated"][:, 1] if "calibrated" in scores.series else None
+    comparison = {"task": target.spec.name, "previous_score_field": job.previous_score_field,
+                  "detail": options.detail, "statistical_tests": options.statistical_tests,
+                  **evaluation.compare(scores.labels, scores.series["raw"][:, 1], calibrated, previous, job.bins,
+                                       job.bootstrap_samples, current=target.metrics, detail=options.detail,
+                                       tests=options.statistical_tests)}
+    if options.plots:  # the previous model's curves beside the new ones
+        scores.series["previous"] = np.stack([1 - previous, previous], axis=1)
+    return comparison
+
+
 def evaluate_frame(job: EvaluateJob, frame: pd.DataFrame, tasks: tuple[TaskSpec, ...],
-                   labels: Mapping[str, str]) -> tuple[list[EvaluatedTask], dict[str, Any] | None]:
-    """Metrics per task (raw and calibrated) and the comparison, from a scored frame."""
-    single = len(tasks) == 1
+                   labels: Mapping[str, str], single: bool | None = None
+                   ) -> tuple[list[EvaluatedTask], dict[str, Any] | None]:
+    """Metrics per task (raw, and calibrated where present) and the comparison, from a
+    scored frame; ``single``: the file names one task's columns unprefixed (default: one
+    task given)."""
+    single = len(tasks) == 1 if single is None else single
     evaluated = []
     for task in tasks:
-        series = {}
-        for kind in ("raw", "calibrated"):
-            names = probability_columns(task.name, task.num_classes, single, calibrated=kind == "calibrated")
-            missing = [n for n in names if n not in frame]
-            if missing:
-                hint = " (add them with 'tce calibrate apply')" if kind == "calibrated" else ""
-                raise UsageError(f"task {task.name!r}: the predictions lack the {kind} columns {missing}{hint}")
-            series[kind] = frame[names].to_numpy(dtype=np.float64)
+        series = _task_series(frame, task, single)
         truth = true_labels(frame, task, labels[task.name])
         scores = plots.TaskScores(task.name, task.classes, truth, series)
-        metrics = {kind: evaluation.task_metrics(truth, probabilities, job.bins)
-                   for kind, probabilities in series.items()}
+        metrics: dict[str, dict[str, float] | None] = {"raw": None, "calibrated": None}
+        metrics.update({kind: evaluation.task_metrics(truth, probabilities, job.bins)
+                        for kind, probabilities in series.items()})
         evaluated.append(EvaluatedTask(task, labels[task.name], scores, metrics))
     if job.previous_score_field is None:
         return evaluated, None
-    target = _compared_task(job, evaluated)
-    previous = _previous_scores(frame, job.previous_score_field)
-    scores = target.scores
-    comparison = {"task": target.spec.name, "previous_score_field": job.previous_score_field,
-                  **evaluation.compare(scores.labels, scores.series["raw"][:, 1], scores.series["calibrated"][:, 1],
-                                       previous, job.bins, job.bootstrap_samples, current=target.metrics)}
-    scores.series["previous"] = np.stack([1 - previous, previous], axis=1)
-    return evaluated, comparison
+    return evaluated, _compare(job, frame, evaluated)
 
 
 def _draw(tasks: list[EvaluatedTask], comparison: dict[str, Any] | None, out: Path, bins: int) -> None:
@@ -220,10 +275,13 @@ def _draw(tasks: list[EvaluatedTask], comparison: dict[str, Any] | None, out: Pa
         plots.pr_curves(task.scores, out / f"pr_{name}.png")
         plots.score_distributions(task.scores, out / f"score_distribution_{name}.png")
         plots.reliability_diagram(task.scores, out / f"reliability_{name}.png", bins)
-        if comparison is not None and comparison["task"] == name:
-            series = task.scores.series
-            plots.comparison_scatter(name, task.scores.labels, series["calibrated"][:, 1], series["previous"][:, 1],
-                                     out / f"comparison_scatter_{name}.png")
+        series = task.scores.series
+        if comparison is not None and comparison["task"] == name and "previous" in series:  # COMPARISON_PLOTS
+            served = "calibrated" if "calibrated" in series else "raw"
+            plots.comparison_scatter(name, task.scores.labels, series[served][:, 1], series["previous"][:, 1],
+                                     out / f"comparison_scatter_{name}.png", served)
+            plots.comparison_distributions(name, task.scores.labels, series["raw"][:, 1], series["previous"][:, 1],
+                                           out / f"comparison_distributions_{name}.png")
 
 
 def _finite(value: Any) -> Any:
@@ -235,59 +293,157 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _task_lines(task: EvaluatedTask, comparison: dict[str, Any] | None) -> list[str]:
+    spec, raw_metrics, calibrated = task.spec, task.metrics["raw"], task.metrics["calibrated"]
+    assert raw_metrics is not None
+    previous = comparison["previous"] if comparison is not None and comparison["task"] == spec.name else None
+    lines = ["", f"task {spec.name} ({spec.kind}: {', '.join(spec.classes)}), labels from '{task.label_column}'",
+             f"  {'metric':<28}{'raw':>11}{'calibrated':>12}" + (f"{'previous':>11}" if previous is not None else "")]
+    for name, raw in raw_metrics.items():
+        row = f"  {name:<28}{raw:>11.4f}" + (f"{calibrated[name]:>12.4f}" if calibrated is not None else f"{'-':>12}")
+        if previous is not None and name in previous:
+            row += f"{previous[name]:>11.4f}"
+        lines.append(row)
+    if calibrated is None:
+        lines.append("  calibrated: absent (the predictions have no calibrated_prob_class_<i> columns; "
+                     "'tce calibrate apply' adds them)")
+    return lines
+
+
+def _test_lines(comparison: dict[str, Any]) -> list[str]:
+    """The statistical tests (STATISTICAL_TESTS), on the raw scores."""
+    lines = []
+    if "paired_t_test" in comparison:
+        t, w = comparison["paired_t_test"], comparison["wilcoxon"]
+        lines.append(f"  paired t-test (raw - previous): mean {t['mean_difference']:+.4f}, t = {t['statistic']:.3f}, "
+                     f"p = {t['p_value']:.3g}; Wilcoxon signed-rank: W = {w['statistic']:.1f}, p = {w['p_value']:.3g}")
+        lines += [f"  McNemar at {t} (raw): new right/previous wrong {m['new_right_previous_wrong']}, the reverse "
+                  f"{m['new_wrong_previous_right']}, chi2 = {m['statistic']:.3f}, p = {m['p_value']:.3g} "
+                  f"(exact {m['exact_p_value']:.3g})" for t, m in comparison["mcnemar"].items()]
+    if "delong" in comparison:
+        d, b = comparison["delong"], comparison["bootstrap"]
+        lines.append(f"  DeLong (raw scores): AUROC {d['auroc_new']:.4f} vs {d['auroc_previous']:.4f}, "
+                     f"z = {d['z']:.3f}, p = {d['p_value']:.3g}")
+        lines.append(f"  bootstrap ({b['samples']} samples), 95% interval of the AUROC difference "
+                     f"[{b['auroc_delta_ci'][0]:+.4f}, {b['auroc_delta_ci'][1]:+.4f}], of the AP difference "
+                     f"[{b['average_precision_delta_ci'][0]:+.4f}, {b['average_precision_delta_ci'][1]:+.4f}]")
+    return lines
+
+
+def _comparison_lines(comparison: dict[str, Any]) -> list[str]:
+    lines = ["", f"comparison with '{comparison['previous_score_field']}' on task {comparison['task']} "
+             "(new - previous):"]
+    for kind in ("raw", "calibrated"):
+        if comparison[f"delta_{kind}"] is not None:
+            deltas = ", ".join(f"{k} {v:+.4f}" for k, v in comparison[f"delta_{kind}"].items())
+            lines.append(f"  {kind:<11}{deltas}")
+    correlation = f"  correlation: Pearson {comparison['pearson']:.4f}, Spearman {comparison['spearman']:.4f}"
+    if "agreement_scores" in comparison:  # COMPARISON_METRICS all
+        correlation += f"; agreement ({comparison['agreement_scores']}) " + ", ".join(
+            f"{t}: {comparison[f'agreement_at_{t}']:.3f}" for t in evaluation.THRESHOLDS)
+    return [*lines, correlation, *_test_lines(comparison)]
+
+
 def summary_text(records: int, tasks: list[EvaluatedTask], comparison: dict[str, Any] | None,
                  versions: list[str]) -> str:
     lines = [f"MODEL EVALUATION: {records} records, calibration version {', '.join(versions) or 'unknown'}",
              "=" * 72]
     for task in tasks:
-        spec = task.spec
-        compared = comparison is not None and comparison["task"] == spec.name
-        lines += ["", f"task {spec.name} ({spec.kind}: {', '.join(spec.classes)}), labels from "
-                  f"'{task.label_column}'",
-                  f"  {'metric':<28}{'raw':>11}{'calibrated':>12}" + (f"{'previous':>11}" if compared else "")]
-        for name, raw in task.metrics["raw"].items():
-            row = f"  {name:<28}{raw:>11.4f}{task.metrics['calibrated'][name]:>12.4f}"
-            if compared:
-                row += f"{comparison['previous'][name]:>11.4f}" if name in comparison["previous"] else ""
-            lines.append(row)
+        lines += _task_lines(task, comparison)
     if comparison is not None:
-        lines += ["", f"comparison with '{comparison['previous_score_field']}' on task {comparison['task']} "
-                  "(new - previous):"]
-        for kind in ("raw", "calibrated"):
-            deltas = ", ".join(f"{k} {v:+.4f}" for k, v in comparison[f"delta_{kind}"].items())
-            lines.append(f"  {kind:<11}{deltas}")
-        lines.append(f"  correlation: Pearson {comparison['pearson']:.4f}, Spearman {comparison['spearman']:.4f}; "
-                     "agreement " + ", ".join(f"{t}: {comparison[f'agreement_at_{t}']:.3f}"
-                                              for t in evaluation.THRESHOLDS))
-        if "delong" in comparison:
-            d, b = comparison["delong"], comparison["bootstrap"]
-            lines.append(f"  DeLong (raw scores): AUROC {d['auroc_new']:.4f} vs {d['auroc_previous']:.4f}, "
-                         f"z = {d['z']:.3f}, p = {d['p_value']:.3g}")
-            lines.append(f"  bootstrap ({b['samples']} samples), 95% interval of the AUROC difference "
-                         f"[{b['auroc_delta_ci'][0]:+.4f}, {b['auroc_delta_ci'][1]:+.4f}], of the AP difference "
-                         f"[{b['average_precision_delta_ci'][0]:+.4f}, {b['average_precision_delta_ci'][1]:+.4f}]")
+        lines += _comparison_lines(comparison)
     return "\n".join(lines) + "\n"
+
+
+def _staged_frame(frame: pd.DataFrame, path: Path) -> None:
+    staging = path.with_name(f".{path.stem}.staging{path.suffix}")
+    write_frame(frame, staging)
+    os.replace(staging, path)
+
+
+def _seed_task_metrics(task: EvaluatedTask, comparison: dict[str, Any] | None) -> dict[str, Any]:
+    raw = task.metrics["raw"]
+    assert raw is not None
+    metrics: dict[str, Any] = seed.seed_metrics(raw, task.spec.num_classes)
+    if comparison is not None and comparison["task"] == task.spec.name:
+        metrics.update(seed.flat_comparison(comparison))
+    return metrics
+
+
+def write_seed_layout(out: Path, frame: pd.DataFrame, tasks: list[EvaluatedTask], comparison: dict[str, Any] | None,
+                      id_field: str | None, suffix: str) -> None:
+    """Seed 002's own files (``tce.lib.seed_evaluation``) under ``OUT/eval`` and
+    ``OUT/metrics``, from the raw scores, each folder's markers last."""
+    single = len(tasks) == 1
+    eval_dir, metrics_dir = out / seed.EVAL_DIR, out / seed.METRICS_DIR
+    columns: dict[str, Any] = {id_field: frame[id_field].to_numpy()} if id_field is not None else {}
+    columns.update({task.label_column: task.scores.labels for task in tasks})  # ID, labels, probabilities
+    metrics: dict[str, Any] = {}
+    for task in tasks:
+        prefix, scores = seed.task_prefix(task.spec.name, single), task.scores
+        names = probability_columns(task.spec.name, task.spec.num_classes, single)
+        columns.update(zip(names, scores.series["raw"].T, strict=True))
+        metrics.update({prefix + k: v for k, v in _seed_task_metrics(task, comparison).items()})
+        shown = {k: v for k, v in scores.series.items() if k in ("raw", "previous")}  # the model's own, as the seed
+        curves = plots.TaskScores(scores.task, scores.classes, scores.labels, shown)
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        plots.roc_curves(curves, metrics_dir / f"{prefix}roc_curve.jpg")
+        plots.pr_curves(curves, metrics_dir / f"{prefix}pr_curve.jpg")
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    _staged_frame(pd.DataFrame(columns), eval_dir / f"{seed.PREDICTIONS_STEM}{suffix}")
+    write_markers(eval_dir)
+    seed.write_metrics_report(metrics, metrics_dir, [seed.task_prefix(t.spec.name, single) for t in tasks])
+    write_markers(metrics_dir)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    path: Path
+    frame: pd.DataFrame
+    tasks: tuple[TaskSpec, ...]   # the tasks evaluated
+    labels: dict[str, str]
+    single: bool                  # the file names one task's columns unprefixed
+
+
+def _scored_input(job: EvaluateJob, note: Callable[[str], None]) -> _Scored:
+    model_tasks = _served_tasks(job)
+    tasks = _selected(model_tasks, job.task)
+    labels = _label_columns(tasks, job.labels, len(model_tasks) == 1)
+    path = _score(job, tasks, labels, note)
+    return _Scored(path, read_frame(path), tasks, labels, len(model_tasks) == 1)
+
+
+def _scored_file(job: EvaluateJob) -> _Scored:
+    assert job.predictions is not None
+    frame = read_frame(job.predictions)
+    if job.bundle is not None:
+        model_tasks = Manifest.load(job.bundle).tasks
+        single = len(model_tasks) == 1
+    else:
+        model_tasks, single = _file_tasks(frame), "prob_class_0" in frame.columns
+    tasks = _selected(model_tasks, job.task)
+    labels = _label_columns(tasks, job.labels, len(model_tasks) == 1)
+    if job.bundle is None:
+        _need_indices(frame, labels)
+    if job.id_field is not None and job.id_field not in frame:
+        raise UsageError(f"the ID column {job.id_field!r} (--id-field or ID_FIELD) is not a column of "
+                         f"{job.predictions}")
+    return _Scored(job.predictions, frame, tasks, labels, single)
+
+
+def _clear_markers(out: Path) -> None:
+    for folder in (out, out / seed.EVAL_DIR, out / seed.METRICS_DIR):
+        for marker in (SUCCESS, HEALTH):
+            (folder / marker).unlink(missing_ok=True)
 
 
 def run_evaluate(job: EvaluateJob, note: Callable[[str], None] = print) -> EvaluationReport:
     out = job.output
     out.mkdir(parents=True, exist_ok=True)
-    for marker in (SUCCESS, HEALTH):
-        (out / marker).unlink(missing_ok=True)
-    if job.input is not None:
-        tasks = _served_tasks(job)
-        labels = _label_columns(tasks, job.labels)
-        scored = _score(job, tasks, labels, note)
-        frame = read_frame(scored)
-    else:
-        assert job.predictions is not None
-        scored = job.predictions
-        frame = read_frame(scored)
-        tasks = Manifest.load(job.bundle).tasks if job.bundle is not None else _file_tasks(frame)
-        labels = _label_columns(tasks, job.labels)
-        if job.bundle is None:
-            _need_indices(frame, labels)
-    evaluated, comparison = evaluate_frame(job, frame, tasks, labels)
+    _clear_markers(out)
+    scored = _scored_input(job, note) if job.input is not None else _scored_file(job)
+    frame = scored.frame
+    evaluated, comparison = evaluate_frame(job, frame, scored.tasks, scored.labels, scored.single)
     versions = sorted(set(frame[VERSION_COLUMN].astype(str))) if VERSION_COLUMN in frame else []
     _draw(evaluated, comparison, out, job.bins)
     report = {"records": len(frame), "calibration_version": versions, "source": str(job.input or job.predictions),
@@ -297,13 +453,13 @@ def run_evaluate(job: EvaluateJob, note: Callable[[str], None] = print) -> Evalu
     (out / "metrics.json").write_text(json.dumps(_finite(report), indent=1), encoding="utf-8")
     summary = summary_text(len(frame), evaluated, comparison, versions)
     (out / "metrics_summary.txt").write_text(summary, encoding="utf-8")
-    target = out / f"{OUTPUT_STEM}{scored.suffix}"
+    write_seed_layout(out, frame, evaluated, comparison, job.id_field, scored.path.suffix)
+    target = out / f"{OUTPUT_STEM}{scored.path.suffix}"
     if job.input is not None:
-        scored.replace(target)
+        scored.path.replace(target)
         shutil.rmtree(out / SCORING_DIR, ignore_errors=True)
-    elif scored.resolve() != target.resolve():
-        file_format(scored)
-        shutil.copyfile(scored, target)
+    elif scored.path.resolve() != target.resolve():
+        file_format(scored.path)
+        shutil.copyfile(scored.path, target)
     write_markers(out)
     return EvaluationReport(len(frame), evaluated, comparison, versions, summary, out)
-

@@ -30,7 +30,7 @@ INFERENCE_PY = '''"""SageMaker PyTorch serving entry point (seed 003): the calib
 from tce_sagemaker.handler import input_fn, model_fn, output_fn, predict_fn  # noqa: F401
 '''
 # What the handler imports beyond the PyTorch container's own torch and numpy.
-HANDLER_REQUIREMENTS = ("pandas", "pyarrow", "tokenizers")
+HANDLER_REQUIREMENTS = ("tokenizers",)
 LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 

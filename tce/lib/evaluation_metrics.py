@@ -11,10 +11,13 @@ Calibrated multiclass rows need not sum to 1 (each class has its own table): the
 are divided by their sum where a metric needs a distribution (macro/micro AUROC,
 log-loss, Brier).
 
-Comparison with a previous model's class-1 score (binary tasks): both models'
-metrics, their differences, Pearson and Spearman correlation, agreement at each
-threshold, DeLong's test for the AUROC difference and bootstrap confidence intervals
-for the AUROC and average-precision differences.
+Comparison with a previous model's class-1 score (binary tasks), at seed 002's
+``COMPARISON_METRICS`` level: "basic" gives both models' metrics, their differences and
+Pearson and Spearman correlation; "all" adds agreement at each threshold and the score
+distributions (mean, std, quartiles). With the seed's ``STATISTICAL_TESTS``: the paired
+t-test, Wilcoxon and McNemar at each threshold (``tce.lib.comparison_stats``), DeLong's
+test for the AUROC difference and bootstrap confidence intervals for the AUROC and
+average-precision differences. Predictions without calibrated scores compare raw only.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from scipy import stats
 from sklearn import metrics as sk
 
 from tce.lib.calibration_metrics import calibration_error
+from tce.lib.comparison_stats import paired_tests
 
 THRESHOLDS = (0.3, 0.5, 0.7)
 COMPARED = ("auroc", "average_precision", "f1_score", "log_loss", "brier", "ece")
@@ -171,23 +175,58 @@ def bootstrap_deltas(labels: np.ndarray, new: np.ndarray, previous: np.ndarray, 
             if values else [math.nan, math.nan] for name, values in deltas.items()}
 
 
-def compare(labels: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, previous: np.ndarray, bins: int = 15,
-            bootstrap_samples: int = 200, current: Mapping[str, Metrics] | None = None) -> dict:
-    """The new model's class-1 scores (raw and calibrated) against a previous model's;
-    ``current``: the new scores' ``binary_metrics`` by kind, when already computed.
-    The tests use the raw score: it is the model's ranking, before calibration ties it."""
-    labels = np.asarray(labels, dtype=np.int64)
-    before = binary_metrics(labels, previous, bins)
-    result: dict = {"previous": before}
-    for kind, score in (("raw", raw), ("calibrated", calibrated)):
-        now = current[kind] if current is not None else binary_metrics(labels, score, bins)
-        result[f"delta_{kind}"] = {name: now[name] - before[name] for name in COMPARED}
-    result["pearson"] = float(stats.pearsonr(raw, previous).statistic)
-    result["spearman"] = float(stats.spearmanr(raw, previous).statistic)
+COMPARISON_DETAIL = ("basic", "all")
+
+
+def score_summary(score: np.ndarray) -> Metrics:
+    """Mean, standard deviation and quartiles of one score column."""
+    q25, median, q75 = np.percentile(score, [25, 50, 75])
+    return {"mean": float(np.mean(score)), "std": float(np.std(score)), "min": float(np.min(score)),
+            "q25": float(q25), "median": float(median), "q75": float(q75), "max": float(np.max(score))}
+
+
+def _all_detail(raw: np.ndarray, calibrated: np.ndarray | None, previous: np.ndarray) -> dict:
+    """Agreement of the called labels (calibrated scores where there are some: the ones
+    served) and the score distributions."""
+    called = calibrated if calibrated is not None else raw
+    result: dict = {"agreement_scores": "calibrated" if calibrated is not None else "raw"}
     for threshold in THRESHOLDS:
-        result[f"agreement_at_{threshold}"] = float(np.mean((calibrated >= threshold) == (previous >= threshold)))
+        result[f"agreement_at_{threshold}"] = float(np.mean((called >= threshold) == (previous >= threshold)))
+    result["score_distribution"] = {"raw": score_summary(raw), "previous": score_summary(previous),
+                                    "difference": score_summary(raw - previous)}
+    if calibrated is not None:
+        result["score_distribution"]["calibrated"] = score_summary(calibrated)
+    return result
+
+
+def _tests(labels: np.ndarray, raw: np.ndarray, previous: np.ndarray, bootstrap_samples: int) -> dict:
+    result: dict = dict(paired_tests(labels, raw, previous, THRESHOLDS))
     if _defined(labels):
         result["delong"] = delong_test(labels, raw, previous).as_dict()
         result["bootstrap"] = {"samples": bootstrap_samples,
                                **bootstrap_deltas(labels, raw, previous, bootstrap_samples)}
+    return result
+
+
+def compare(labels: np.ndarray, raw: np.ndarray, calibrated: np.ndarray | None, previous: np.ndarray,
+            bins: int = 15, bootstrap_samples: int = 200, current: Mapping[str, Metrics | None] | None = None,
+            detail: str = "all", tests: bool = True) -> dict:
+    """The new model's class-1 scores (raw, and calibrated unless None) against a previous
+    model's; ``current``: the new scores' ``binary_metrics`` by kind, when already computed.
+    The tests use the raw score: it is the model's ranking, before calibration ties it."""
+    if detail not in COMPARISON_DETAIL:
+        raise ValueError(f"detail must be one of {COMPARISON_DETAIL}, got {detail!r}")
+    labels = np.asarray(labels, dtype=np.int64)
+    before = binary_metrics(labels, previous, bins)
+    result: dict = {"previous": before}
+    for kind, score in (("raw", raw), ("calibrated", calibrated)):
+        now = current.get(kind) if current is not None else \
+            (binary_metrics(labels, score, bins) if score is not None else None)
+        result[f"delta_{kind}"] = {name: now[name] - before[name] for name in COMPARED} if now is not None else None
+    result["pearson"] = float(stats.pearsonr(raw, previous).statistic)
+    result["spearman"] = float(stats.spearmanr(raw, previous).statistic)
+    if detail == "all":
+        result.update(_all_detail(raw, calibrated, previous))
+    if tests:
+        result.update(_tests(labels, raw, previous, bootstrap_samples))
     return result

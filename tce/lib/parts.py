@@ -8,6 +8,11 @@ Rerunning the same command skips the chunks whose part matches its record; a par
 that does not (replaced, cut short, doubled, garbage) is scored again, never trusted.
 When every chunk is there the parts are checked once more and joined, in order, into
 the output file, and only then ``_SUCCESS`` and ``_HEALTH`` appear.
+
+The records of a chunk that could not be scored are saved beside its part
+(``rejects-<index>.parquet``, recorded the same way) and joined into the rejects file
+before the output; past the job's limit (``tce.lib.rejects``) the rejects file is all
+that is written: no output, no marker, and the saved parts stay for a rerun.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +29,7 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tce.lib.rejects import RejectLimit
 from tce_backends.errors import UsageError
 
 WORK_DIR = ".tce_job"
@@ -30,6 +37,15 @@ SUCCESS = "_SUCCESS"
 HEALTH = "_HEALTH"
 
 Render = Callable[[Iterator[pa.Table], Path], None]
+
+
+@dataclass(frozen=True)
+class RejectsOutput:
+    """Where and how a job writes the records it could not score, and how many it may."""
+
+    name: str          # file name in the output directory
+    render: Render
+    limit: RejectLimit
 
 
 class JobDirectory:
@@ -98,6 +114,9 @@ class JobDirectory:
     def _part(self, index: int) -> Path:
         return self.work / f"part-{index:06d}.parquet"
 
+    def _rejects_part(self, index: int) -> Path:
+        return self.work / f"rejects-{index:06d}.parquet"
+
     def mine(self, index: int) -> bool:
         """Whether chunk ``index`` is this run's to score."""
         return self.shard is None or index % self.shard[1] == self.shard[0]
@@ -109,19 +128,33 @@ class JobDirectory:
                 (rows is not None and record["rows"] != rows):
             return False
         path = self._part(index)
-        return path.is_file() and _sha256(path) == record["sha256"]
+        if not (path.is_file() and _sha256(path) == record["sha256"]):
+            return False
+        rejects = self._rejects_part(index)
+        return not record.get("rejects") or (rejects.is_file() and _sha256(rejects) == record["rejects_sha256"])
 
     def rows_done(self) -> int:
         return sum(r["rows"] for i, r in self.records.items() if self._part(int(i)).is_file())
 
-    def write(self, index: int, table: pa.Table, start: int = 0) -> None:
-        """Save the chunk of rows ``start``.. as part ``index``: whole, then recorded."""
+    def write(self, index: int, table: pa.Table, start: int = 0, rows: int | None = None,
+              rejects: pa.Table | None = None) -> None:
+        """Save the chunk of ``rows`` input rows from ``start`` (if not given: ``table``'s) as
+        part ``index``, and the chunk's rejected records: whole, then recorded."""
+        record: dict[str, Any] = {"start": start, "rows": table.num_rows if rows is None else rows,
+                                  "scored": table.num_rows}
+        rejects_aside = self._rejects_part(index).with_suffix(".tmp")
+        if rejects is not None and rejects.num_rows:
+            with _writing(rejects_aside):
+                pq.write_table(rejects, rejects_aside)
+            record.update(rejects=rejects.num_rows, rejects_sha256=_sha256(rejects_aside))
         aside = self._part(index).with_suffix(".tmp")
         with _writing(aside):
             pq.write_table(table, aside)
             # Recorded first: a part file that exists is always one its record vouches for.
-            self.records[str(index)] = {"start": start, "rows": table.num_rows, "sha256": _sha256(aside)}
+            self.records[str(index)] = {**record, "sha256": _sha256(aside)}
             self._save_records()
+            if "rejects" in record:
+                os.replace(rejects_aside, self._rejects_part(index))
             os.replace(aside, self._part(index))
 
     def bad_parts(self, count: int) -> list[int]:
@@ -143,34 +176,52 @@ class JobDirectory:
         return before is not None and before["start"] + before["rows"] == self.records[str(index)]["start"]
 
     def read_part(self, index: int) -> pa.Table:
+        record = self.records[str(index)]
         table = pq.read_table(self._part(index))
-        if table.num_rows != self.records[str(index)]["rows"]:
+        if table.num_rows != record.get("scored", record["rows"]):
             raise UsageError(f"{self._part(index)} changed while the output was written; rerun the command")
         return table
+
+    def read_rejects(self, index: int) -> pa.Table | None:
+        """Part ``index``'s rejected records, if it has any."""
+        record = self.records[str(index)]
+        if not record.get("rejects"):
+            return None
+        table = pq.read_table(self._rejects_part(index))
+        if table.num_rows != record["rejects"]:
+            raise UsageError(f"{self._rejects_part(index)} changed while the output was written; rerun the command")
+        return table
+
+    def counts(self, index: int) -> tuple[int, int]:
+        """(input rows, rejected records) of saved part ``index``."""
+        record = self.records[str(index)]
+        return record["rows"], record.get("rejects", 0)
 
     def parts(self, count: int) -> Iterator[pa.Table]:
         for index in range(count):
             yield self.read_part(index)
 
-    def finish(self, count: int, render: Render, name: str) -> Path | None:
+    def finish(self, count: int, render: Render, name: str, rejects: RejectsOutput | None = None) -> Path | None:
         """Join parts 0..count-1 into ``out/name`` with ``render``, then the markers. A shard
-        marks itself done and joins all shards' parts when it is the last; else None."""
+        marks itself done and joins all shards' parts when it is the last; else None.
+        Rejected records go to ``rejects.name`` first; past ``rejects.limit``, RejectsExceeded."""
         missing = [i for i in range(count) if self.mine(i) and not self.done(i)]
         if missing:
             raise UsageError(f"{self.work} lacks the chunks {missing[:5]}; rerun the command to score them")
         if self.shard is not None:
             _replace_text(self.work / SHARD_DONE, json.dumps({"chunks": count}))
-            return combine_shards(self.out, self.shard[1], self.identity, render, name)
+            return combine_shards(self.out, self.shard[1], self.identity, render, name, rejects)
         stray = sorted(p.name for p in self.work.glob("part-*.parquet") if int(p.stem.split("-")[1]) >= count)
         if stray:
             raise UsageError(f"{self.work} holds chunks beyond the input's end ({', '.join(stray[:3])}): the input "
                              "changed; add --restart")
+        _join_rejects(self.out, rejects, [self] * count)
         target = self.out / name
         aside = target.with_name(f".{name}.tmp")
         with _writing(aside):
             render(self.parts(count), aside)
             os.replace(aside, target)
-            for part in self.work.glob("part-*.parquet"):
+            for part in [*self.work.glob("part-*.parquet"), *self.work.glob("rejects-*.parquet")]:
                 part.unlink()
             write_markers(self.out)
         return target
@@ -196,7 +247,8 @@ def shards_done(out: Path, count: int) -> list[int]:
     return [i for i in range(count) if (Path(out) / WORK_DIR / shard_name(i, count) / SHARD_DONE).is_file()]
 
 
-def combine_shards(out: Path, count: int, identity: dict[str, Any], render: Render, name: str) -> Path | None:
+def combine_shards(out: Path, count: int, identity: dict[str, Any], render: Render, name: str,
+                   rejects: RejectsOutput | None = None) -> Path | None:
     """When all ``count`` shards are done, join their parts (chunk c from shard c % count,
     in input order) into ``out/name`` and write the markers; the first shard to see them all
     done does it (a lock file), the others return None."""
@@ -222,6 +274,11 @@ def combine_shards(out: Path, count: int, identity: dict[str, Any], render: Rend
     if missing:
         lock_path.unlink()
         raise UsageError(f"shard parts for chunks {missing[:5]} do not match their records; rerun those shards")
+    try:
+        _join_rejects(out, rejects, [shards[c % count] for c in range(total)])
+    except BaseException:
+        lock_path.unlink(missing_ok=True)  # past the limit: a rerun (with a higher one) joins them
+        raise
     target = out / name
     aside = target.with_name(f".{name}.tmp")
     with _writing(aside):
@@ -233,6 +290,25 @@ def combine_shards(out: Path, count: int, identity: dict[str, Any], render: Rend
         _replace_text(out / WORK_DIR / "job.json", json.dumps({"identity": identity, "parts": {}}, indent=1))
         lock_path.unlink(missing_ok=True)
     return target
+
+
+def _join_rejects(out: Path, rejects: RejectsOutput | None, owners: list[JobDirectory]) -> None:
+    """Write the rejected records of chunks 0..len(owners)-1 (chunk c saved by ``owners[c]``)
+    into ``out/rejects.name`` (removed when there are none), then hold them to the limit."""
+    if rejects is None:
+        return
+    counts = [owner.counts(index) for index, owner in enumerate(owners)]
+    records, rejected = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    target = out / rejects.name
+    if rejected == 0:
+        target.unlink(missing_ok=True)  # an earlier run's, of records fixed since
+        return
+    aside = target.with_name(f".{rejects.name}.tmp")
+    with _writing(aside):
+        tables = (owner.read_rejects(index) for index, owner in enumerate(owners))
+        rejects.render((table for table in tables if table is not None), aside)
+        os.replace(aside, target)
+    rejects.limit.check(rejected, records, target)
 
 
 def _sha256(path: Path) -> str:

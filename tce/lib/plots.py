@@ -1,5 +1,6 @@
-"""PNG plots of one task's scores: ROC and PR curves, score distributions per class,
-reliability diagrams with per-bin counts, and the comparison scatter.
+"""Plots of one task's scores: ROC and PR curves, score distributions per class,
+reliability diagrams with per-bin counts, and the comparison scatter and distributions.
+The file's suffix picks the format (PNG, or seed 002's JPG).
 
 Binary tasks draw the class-1 score of each series (raw, calibrated, a previous
 model) on one axis; multiclass tasks draw one-vs-rest curves per class, one panel
@@ -151,8 +152,10 @@ def reliability_diagram(scores: TaskScores, path: Path, bins: int = 15) -> Path:
     return _save(figure, path)
 
 
-def comparison_scatter(task: str, labels: np.ndarray, new: np.ndarray, previous: np.ndarray, path: Path) -> Path:
-    """The new model's class-1 score against the previous model's, coloured by label."""
+def comparison_scatter(task: str, labels: np.ndarray, new: np.ndarray, previous: np.ndarray, path: Path,
+                       kind: str = "calibrated") -> Path:
+    """The new model's class-1 score (``kind``: which one) against the previous model's,
+    coloured by label."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 5))
     for value, colour in ((0, "tab:blue"), (1, "tab:red")):
@@ -160,7 +163,32 @@ def comparison_scatter(task: str, labels: np.ndarray, new: np.ndarray, previous:
         axis.scatter(previous[rows], new[rows], s=4, alpha=0.4, color=colour, label=f"label {value}")
     axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     axis.set_xlabel("previous model's score")
-    axis.set_ylabel("new model's score (calibrated)")
+    axis.set_ylabel(f"new model's score ({kind})")
     axis.set_title(f"new vs previous: {task}")
     axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def comparison_distributions(task: str, labels: np.ndarray, new: np.ndarray, previous: np.ndarray,
+                             path: Path) -> Path:
+    """Seed 002's comparison distributions: both models' class-1 scores by label (left),
+    and the score differences new - previous by label (right)."""
+    plt = _pyplot()
+    figure, (scores, differences) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bins = np.linspace(0, 1, 41)
+    spread = max(float(np.max(np.abs(new - previous))), 1e-6)
+    for value, colour in ((0, "tab:blue"), (1, "tab:red")):
+        rows = labels == value
+        scores.hist(new[rows], bins=bins, alpha=0.45, color=colour, label=f"new, label {value} ({int(rows.sum())})")
+        scores.hist(previous[rows], bins=bins, histtype="step", linestyle="--", color=colour,
+                    label=f"previous, label {value}")
+        differences.hist(new[rows] - previous[rows], bins=np.linspace(-spread, spread, 41), alpha=0.5, color=colour,
+                         label=f"label {value}")
+    differences.axvline(0, color="k", linestyle=":", linewidth=0.8)
+    scores.set_xlabel("class-1 score (new: raw)")
+    differences.set_xlabel("new - previous")
+    for axis, title in ((scores, "scores by label"), (differences, "score differences by label")):
+        axis.set_ylabel("records")
+        axis.set_title(f"{title}: {task}")
+        axis.legend(fontsize=7)
     return _save(figure, path)

@@ -3,13 +3,15 @@
 ``read_frame``/``write_frame`` hold a whole file in memory (calibration files).
 ``TableSource`` streams a file or a directory of files as fixed-size Arrow tables
 for the batch jobs: CSV and TSV columns are read as text, so a value is written
-back exactly as it came and a column never changes type between chunks.
+back exactly as it came and a column never changes type between chunks. A CSV/TSV
+value that is not valid UTF-8 is read as null and reported with its row and column
+(``checked_chunks``), so one bad record does not stop a batch job.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -89,9 +91,40 @@ def _csv_batches(path: Path, kind: str, names: list[str]) -> Iterator[pa.RecordB
     import pyarrow.csv as pcsv
 
     parse, read = _csv_options(kind)
-    convert = pcsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=True)
+    # Read as bytes, decoded per chunk (``_decode``): pyarrow's own UTF-8 check fails the whole file.
+    convert = pcsv.ConvertOptions(column_types={name: pa.binary() for name in names}, strings_can_be_null=True)
     with pcsv.open_csv(path, parse_options=parse, read_options=read, convert_options=convert) as reader:
         yield from reader
+
+
+class Undecodable(NamedTuple):
+    """A CSV/TSV value that is not valid UTF-8 (read as null)."""
+
+    row: int      # 0-based, across the whole input
+    column: str
+    reason: str
+
+
+def _decode(batch: pa.RecordBatch, schema: pa.Schema) -> tuple[pa.RecordBatch, list[tuple[int, str, str]]]:
+    """Bytes columns -> text; a value that is not UTF-8 becomes null and is returned as
+    (row in the batch, column, reason). Valid columns take one vectorised check."""
+    columns, problems = [], []
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            columns.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values: list[str | None] = []
+        for row, value in enumerate(column.to_pylist()):
+            try:
+                values.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                problems.append((row, name, f"is not valid UTF-8 text (byte 0x{value[error.start]:02x} at position "
+                                            f"{error.start})"))
+                values.append(None)
+        columns.append(pa.array(values, pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=schema), problems
 
 
 @dataclass(frozen=True)
@@ -118,14 +151,18 @@ class InputFile:
             raise UsageError(f"{path}: the header repeats the columns {duplicated}")
         return cls(path, kind, pa.schema([(n, pa.string()) for n in names]), None)
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self) -> Iterator[tuple[pa.RecordBatch, list[tuple[int, str, str]]]]:
+        """Record batches, each with its values that are not valid UTF-8 (row in the batch,
+        column, reason), read as null."""
         try:
             if self.format == "parquet":
                 import pyarrow.parquet as pq
 
-                yield from pq.ParquetFile(self.path).iter_batches(batch_size=65536)
+                for batch in pq.ParquetFile(self.path).iter_batches(batch_size=65536):
+                    yield batch, []
             else:
-                yield from _csv_batches(self.path, self.format, self.schema.names)
+                for batch in _csv_batches(self.path, self.format, self.schema.names):
+                    yield _decode(batch, self.schema)
         except pa.ArrowInvalid as error:
             raise UsageError(f"{self.path} is not a readable {self.format} file: {error}") from None
 
@@ -170,15 +207,22 @@ class TableSource:
                 return f"row {row - start + 1} of {path}"
         return f"input row {row + 1}"
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
+    def locate(self, row: int) -> tuple[str, int]:
+        """Row ``row`` (0-based, across files, already read) as (file name, 1-based data row)."""
+        for start, path in reversed(self._starts):
+            if row >= start:
+                return path.name, row - start + 1
+        return self.files[0].path.name, row + 1
+
+    def _batches(self) -> Iterator[tuple[pa.RecordBatch, list[Undecodable]]]:
         offset = 0
         for file in self.files:
             self._starts.append((offset, file.path))
-            for batch in file.batches():
+            for batch, problems in file.batches():
                 if batch.schema != self.schema:
                     batch = self._cast(batch, file.path)
+                yield batch, [Undecodable(offset + row, column, reason) for row, column, reason in problems]
                 offset += batch.num_rows
-                yield batch
 
     def _cast(self, batch: pa.RecordBatch, path: Path) -> pa.RecordBatch:
         try:
@@ -188,19 +232,29 @@ class TableSource:
                              f"({error})") from None
 
     def chunks(self, chunk_rows: int) -> Iterator[pa.Table]:
+        """Tables of ``chunk_rows`` rows; values that are not valid UTF-8 read as null."""
+        for table, _ in self.checked_chunks(chunk_rows):
+            yield table
+
+    def checked_chunks(self, chunk_rows: int) -> Iterator[tuple[pa.Table, list[Undecodable]]]:
+        """Tables of ``chunk_rows`` rows, each with its values that are not valid UTF-8."""
         pending: list[pa.RecordBatch] = []
-        held = 0
-        for batch in self._batches():
+        problems: list[Undecodable] = []
+        held = start = 0
+        for batch, found in self._batches():
+            problems += found
             while batch.num_rows:
                 take = min(chunk_rows - held, batch.num_rows)
                 pending.append(batch.slice(0, take))
                 held += take
                 batch = batch.slice(take)
                 if held == chunk_rows:
-                    yield pa.Table.from_batches(pending, self.schema)
-                    pending, held = [], 0
+                    end = start + held
+                    yield pa.Table.from_batches(pending, self.schema), [p for p in problems if p.row < end]
+                    problems = [p for p in problems if p.row >= end]
+                    pending, held, start = [], 0, end
         if held:
-            yield pa.Table.from_batches(pending, self.schema)
+            yield pa.Table.from_batches(pending, self.schema), problems
 
 
 def write_table_text(table: pa.Table, handle, kind: str, header: bool) -> None:

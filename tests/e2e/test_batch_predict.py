@@ -176,8 +176,8 @@ def _partial_run(job, stop_after: int, monkeypatch) -> None:
 
     original, saved = JobDirectory.write, []
 
-    def write_then_die(self, index, table, start=0):
-        original(self, index, table, start)
+    def write_then_die(self, index, table, start=0, **extra):
+        original(self, index, table, start, **extra)
         saved.append(index)
         if len(saved) == stop_after:
             raise KeyboardInterrupt
@@ -217,8 +217,8 @@ def test_a_part_changed_during_the_run_is_caught_before_the_markers(server, tmp_
     frame.to_csv(tmp_path / "in.csv", index=False)
     original = JobDirectory.write
 
-    def write_and_spoil_part_one(self, index, table, start=0):
-        original(self, index, table, start)
+    def write_and_spoil_part_one(self, index, table, start=0, **extra):
+        original(self, index, table, start, **extra)
         if index == 3:  # part 1 is long saved: change it behind the job's back, once
             _tamper(self._part(1), "shorter")
             monkeypatch.setattr(JobDirectory, "write", original)
@@ -275,3 +275,109 @@ def test_shards_fan_out_and_join_into_the_one_output(server, tmp_path):
     assert (tmp_path / "out" / "_SUCCESS").is_file()
     again = predict(*base, "--shard", "0/3")
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+# -- records that cannot be scored (issue 23) -------------------------------------------
+
+BAD_TEXT_ROW, BAD_NUMBER_ROW, UNUSED_ROW = 7, 150, 30
+
+
+def bad_records_file(path: Path, rows: int = 300) -> pd.DataFrame:
+    """A CSV with one dialogue that is not UTF-8, one amount that is no number, and a bad
+    byte in a column nothing reads (which rejects nothing); returns the records."""
+    frame = records(rows, seed=41)
+    frame["order_amount"] = frame["order_amount"].astype(object)
+    frame.loc[BAD_NUMBER_ROW, "order_amount"] = "12,5x"
+    frame.loc[BAD_TEXT_ROW, "dialogue"] = "BAD-TEXT"
+    frame["note"] = "fine"
+    frame.loc[UNUSED_ROW, "note"] = "BAD-NOTE"
+    data = frame.to_csv(index=False).encode("utf-8")
+    path.write_bytes(data.replace(b"BAD-TEXT", b"caf\xe9 latin-1").replace(b"BAD-NOTE", b"\xff"))
+    return frame
+
+
+def test_bad_records_are_left_out_and_listed_and_the_job_succeeds(server, tmp_path):
+    frame = bad_records_file(tmp_path / "in.csv")
+    result = predict("--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out"), "--url",
+                     server.config.grpc_url, "--id-field", "record_id", "--chunk-rows", "64")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert "298 predictions written" in result.stdout
+    assert f"note: 2 records could not be scored and are left out of the predictions; {out}/inference_rejects.csv " \
+           "lists them" in result.stdout
+    assert (out / "_SUCCESS").is_file() and (out / "_HEALTH").is_file()
+
+    rejects = pd.read_csv(out / "inference_rejects.csv")
+    assert list(rejects.columns) == ["record_id", "file", "row", "field", "reason"]
+    ids = frame["record_id"]
+    assert rejects[["record_id", "file", "row", "field"]].values.tolist() == [
+        [ids[BAD_TEXT_ROW], "in.csv", BAD_TEXT_ROW + 1, "dialogue"],
+        [ids[BAD_NUMBER_ROW], "in.csv", BAD_NUMBER_ROW + 1, "order_amount"]]
+    assert "not valid UTF-8 text (byte 0xe9 at position 3)" in rejects["reason"][0]
+    assert "expected a number or null" in rejects["reason"][1] and "'12,5x'" in rejects["reason"][1]
+
+    good = frame.drop(index=[BAD_TEXT_ROW, BAD_NUMBER_ROW]).drop(columns=["note"]).reset_index(drop=True)
+    scored = pd.read_csv(out / "inference_predictions.csv", float_precision="round_trip")
+    assert scored["record_id"].tolist() == good["record_id"].tolist()  # the others, once each, in order
+    good["order_amount"] = good["order_amount"].astype(float)
+    assert_same_answers(scored.drop(columns=["record_id"]), sdk_answers(server.config.http_url, good))
+
+
+def test_past_max_rejects_the_job_fails_with_one_line_and_no_marker_then_resumes(server, tmp_path):
+    bad_records_file(tmp_path / "in.csv")
+    args = ["--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out"), "--url", server.config.grpc_url,
+            "--id-field", "record_id", "--chunk-rows", "64"]
+    failed = predict(*args, "--max-rejects", "1")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    (line,) = [line for line in failed.stderr.splitlines() if not line.startswith("predict: ")]  # not progress
+    assert line.startswith("tce predict: error: ")
+    assert "2 of 300 records could not be scored, more than --max-rejects allows (1)" in line
+    assert f"{tmp_path / 'out' / 'inference_rejects.csv'} lists them" in line
+    out = tmp_path / "out"
+    assert len(pd.read_csv(out / "inference_rejects.csv")) == 2
+    assert not (out / "_SUCCESS").exists() and not (out / "_HEALTH").exists()
+    assert not (out / "inference_predictions.csv").exists()
+
+    again = predict(*args, "--max-rejects", "1%")  # the scored chunks were kept: nothing is scored twice
+    assert again.returncode == 0, again.stderr
+    assert "298 predictions written" in again.stdout and "this run scored 0 records" in again.stdout
+    assert (out / "_SUCCESS").is_file()
+
+
+def test_the_rejects_of_every_shard_are_joined_like_the_predictions(server, tmp_path):
+    from tce.jobs.predict import PredictJob, run_predict
+
+    frame = bad_records_file(tmp_path / "in.csv", rows=200)
+    results = [run_predict(PredictJob(tmp_path / "in.csv", tmp_path / "out", url=server.config.grpc_url,
+                                      id_field="record_id", chunk_rows=40, shard=(i, 2), progress_interval_s=3600),
+                           note=lambda _: None) for i in (1, 0)]
+    assert results[0].path is None and results[1].rejected == 2
+    rejects = pd.read_csv(tmp_path / "out" / "inference_rejects.csv")
+    assert rejects["row"].tolist() == [BAD_TEXT_ROW + 1, BAD_NUMBER_ROW + 1]  # shard 0's, then shard 1's
+    scored = pd.read_csv(tmp_path / "out" / "inference_predictions.csv")
+    assert scored["record_id"].tolist() == frame["record_id"].drop(index=[BAD_TEXT_ROW, BAD_NUMBER_ROW]).tolist()
+
+
+def test_evaluate_leaves_rejected_records_out_of_the_metrics_and_says_how_many(server, tmp_path):
+    from tce.lib.demo_data import write_demo_records
+
+    frame = write_demo_records(tmp_path / "labelled.csv", rows=120, seed=6, labels=True)
+    data = (tmp_path / "labelled.csv").read_bytes()
+    first_id = frame["record_id"][3].encode()
+    quoted = data.count(first_id + b',"') == 1  # the dialogue of row 4 starts with a bad byte
+    bad = data.replace(first_id + b',"', first_id + b',"\xff', 1) if quoted else \
+        data.replace(first_id + b",", first_id + b",\xff", 1)
+    assert bad != data
+    (tmp_path / "labelled.csv").write_bytes(bad)
+    result = subprocess.run([sys.executable, "-m", "tce.cli", "evaluate", "--input", str(tmp_path / "labelled.csv"),
+                             "--out", str(tmp_path / "eval"), "--url", server.config.grpc_url, "--task", "abuse",
+                             "--bootstrap-samples", "0", "--max-rejects", "2"],
+                            capture_output=True, text=True, timeout=300, env={**ENV, "ID_FIELD": "record_id",
+                                                                                "LABEL_FIELD": "label_abuse"})
+    assert result.returncode == 0, result.stderr
+    assert "note: 1 records could not be scored and are left out of the metrics" in result.stdout
+    rejects = pd.read_csv(tmp_path / "eval" / "eval_rejects.csv")
+    assert rejects[["record_id", "row", "field"]].values.tolist() == [[frame["record_id"][3], 4, "dialogue"]]
+    import json
+
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["records"] == 119

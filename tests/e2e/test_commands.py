@@ -95,7 +95,8 @@ def test_benchmark_prints_the_three_ways_and_writes_seed_004_fields(built, tmp_p
     _, repository, _ = built
     out = tmp_path / "benchmark.json"
     result = run("benchmark", "--repository", str(repository), "--records", "24", "--batch-sizes", "1,4",
-                 "--single-pairs", "6", "--concurrency", "2", "--seconds", "1", "--out", str(out))
+                 "--single-pairs", "6", "--concurrency", "2", "--seconds", "1", "--out", str(out),
+                 "--test-results", str(tmp_path / "test_results"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for line in ("(a) model.pt in process, batch 4", "(b) fixed padding, batch 4", "(c) served, concurrency 2",
                  "served saturation / in-process best", "added p50 at concurrency 1",
@@ -104,8 +105,9 @@ def test_benchmark_prints_the_three_ways_and_writes_seed_004_fields(built, tmp_p
     figures = json.loads(out.read_text())
     assert set(figures["speed_metrics"]) == {"in_process", "fixed_padding", "served_saturation",
                                              "served_concurrency_1"}
-    for metrics in figures["speed_metrics"].values():
-        assert set(SEED_004_SPEED_FIELDS) <= set(metrics) and metrics["device"] == figures["device"]
+    for mode, metrics in figures["speed_metrics"].items():
+        device = figures["served_device"] if mode.startswith("served") else figures["device"]
+        assert set(SEED_004_SPEED_FIELDS) <= set(metrics) and metrics["device"] == device
         assert metrics["samples_tested"] > 0 and metrics["throughput_samples_per_sec"] > 0
         assert metrics["min_time_per_sample_ms"] <= metrics["median_time_per_sample_ms"] <= \
             metrics["max_time_per_sample_ms"]
@@ -113,3 +115,11 @@ def test_benchmark_prints_the_three_ways_and_writes_seed_004_fields(built, tmp_p
     assert 0 < figures["real_token_share"] < 1  # the mix has padding for the model to skip
     assert all(figures["ratios"][name] > 0 for name in ("served_vs_in_process_best", "served_vs_fixed_padding_best"))
     assert figures["steps_saturation"]["multimodal_model"]["mean_batch"] >= 1
+    # Seed 004's file: the served saturation figures, and without labelled records every metric "NaN",
+    # named <task>_<seed name> for the demo's two tasks.
+    seed = json.loads((tmp_path / "test_results" / "fold_0" / "val" / "test_metrics.json").read_text())
+    assert list(seed["speed_metrics"]) == list(SEED_004_SPEED_FIELDS)
+    assert seed["speed_metrics"]["samples_tested"] == figures["speed_metrics"]["served_saturation"]["samples_tested"]
+    assert seed["metrics"]["abuse_roc_auc_macro"] == "NaN" and seed["metrics"]["reason_top_3_accuracy"] == "NaN"
+    assert set(seed["metrics"].values()) == {"NaN"} and figures["quality_metrics"] is None
+    assert "quality metrics: none (no --labelled records)" in result.stdout
