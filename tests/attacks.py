@@ -87,6 +87,9 @@ class Attack:
     send: Send                       # -> (status, message or body text)
     expect: str                      # a word the error must carry (the field at fault), or DEFAULT
     direct: str | None = None        # what Triton itself gives when it differs from the door; SKIP: never sent
+    # Triton's own parser takes seconds over it, so neighbours sent straight to Triton wait (on a busy
+    # machine past SLOW_NEIGHBOUR_S): a cost the door exists to refuse, judged on its routes only.
+    slows_triton: bool = False
 
     def expected(self, route: str) -> str:
         return self.direct if route == "direct" and self.direct is not None else self.expect
@@ -251,7 +254,7 @@ def http_json_attacks() -> list[Attack]:
     add("priority 2^63", _with(parameters={"priority": 1 << 63}), "priority", direct=DEFAULT)
     add("custom request parameter", _with(parameters={"anything": "x"}), "anything", direct=DEFAULT)
     add("10,000 inputs", _many(10_000, "inputs"), "x0")
-    add("50,000 request parameters", _many(50_000, "parameters"), "parameter", direct=DEFAULT)
+    add("50,000 request parameters", _many(50_000, "parameters"), "parameter", direct=DEFAULT, slows_triton=True)
     add("input named dialogue\\u0000", _raw(json.dumps({"inputs": json_body()["inputs"] + [
         _entry("dialogue\x00", "BYTES", [1, 1], ["x"])]}).encode()), "dialogue")
     add("input given twice", _raw(json.dumps({"inputs": json_body()["inputs"] * 2}).encode()), "dialogue")
@@ -598,7 +601,7 @@ def run(target: Target, attacks: list[Attack], alive: Callable[[], bool], neighb
             except concurrent.futures.TimeoutError:
                 status, message = "TIMEOUT", ""
             verdict, detail = _judge(attack, target.route, status, message)
-            harmed = _harmed(goods, reference)
+            harmed = _harmed(goods, reference, slow_ok=attack.slows_triton and target.route == "direct")
             if not alive():
                 verdict, detail = CRASH, "the server died"
             elif harmed and verdict not in (CRASH, HANG, LOADED):
@@ -609,7 +612,7 @@ def run(target: Target, attacks: list[Attack], alive: Callable[[], bool], neighb
     return outcomes
 
 
-def _harmed(goods: list[concurrent.futures.Future], reference: list[float]) -> list[str]:
+def _harmed(goods: list[concurrent.futures.Future], reference: list[float], slow_ok: bool = False) -> list[str]:
     harmed = []
     for future in goods:
         try:
@@ -619,7 +622,7 @@ def _harmed(goods: list[concurrent.futures.Future], reference: list[float]) -> l
             continue
         if good_status != 200 or not np.allclose(abuse_score(good_body), reference, atol=1e-6):
             harmed.append(f"{good_status}: {good_body[:120]!r}")
-        elif seconds > SLOW_NEIGHBOUR_S:
+        elif seconds > SLOW_NEIGHBOUR_S and not slow_ok:
             harmed.append(f"a good request beside it waited {seconds:.1f} s")
     return harmed
 
