@@ -9,6 +9,10 @@ config on the server, splits large inputs into requests of at most the server's
 ``max_batch_size``, and raises precise errors for a server that is down, a model
 that is not ready, a bad record and a rejected request.
 
+``release=n`` addresses one release of the repository explicitly (the ensemble
+``<model>-release-<n>``, which pins that release's step versions); by default the
+ensemble answers with its current release. ``Prediction.release`` says which answered.
+
 Every call has a deadline (``timeout_s``). A call is retried (``retries`` times, with
 growing, jittered pauses) only when the server did not run it: no connection could
 be made, or the server refused it because its queue was full or the request waited
@@ -25,7 +29,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, TypeVar
 
 import numpy as np
 
-from tce_backends.contract import DEFAULT_ENSEMBLE, QUEUE_REFUSALS, SCHEMA_PARAMETER
+from tce_backends.contract import DEFAULT_ENSEMBLE, QUEUE_REFUSALS, SCHEMA_PARAMETER, release_model_name
 from tce_backends.errors import UsageError
 
 from .concurrency import AdaptiveLimit, published_start
@@ -88,15 +92,19 @@ def _is_timeout(error: BaseException) -> bool:
 
 class _Common:
     def __init__(self, url: str | None, protocol: Protocol, model: str, asynchronous: bool, timeout_s: float,
-                 retries: int) -> None:
+                 retries: int, release: int | None = None) -> None:
         self._module = _protocol_module(protocol, asynchronous)
         if timeout_s <= 0:
             raise UsageError(f"timeout_s must be > 0, got {timeout_s}")
         if retries < 0:
             raise UsageError(f"retries must be >= 0, got {retries}")
+        if release is not None and (isinstance(release, bool) or not isinstance(release, int) or release < 1):
+            raise UsageError(f"release must be a release number >= 1, got {release!r}")
         self.protocol = protocol
         self.url = host_port(url or DEFAULT_URLS[protocol], protocol)
-        self.model = model
+        self.ensemble = model
+        self.release = release
+        self.model = model if release is None else release_model_name(model, release)
         self.timeout_s = timeout_s
         self.retries = retries
         self.schema: EnsembleSchema | None = None
@@ -189,8 +197,9 @@ class CalibratedClassifierClient(_Common):
     """Synchronous client over ``tritonclient.http`` or ``tritonclient.grpc``."""
 
     def __init__(self, url: str | None = None, protocol: Protocol = "http", model: str = DEFAULT_MODEL,
-                 timeout_s: float = 30.0, retries: int = 2) -> None:
-        super().__init__(url, protocol, model, asynchronous=False, timeout_s=timeout_s, retries=retries)
+                 timeout_s: float = 30.0, retries: int = 2, release: int | None = None) -> None:
+        super().__init__(url, protocol, model, asynchronous=False, timeout_s=timeout_s, retries=retries,
+                         release=release)
         if protocol == "http":
             self._client = self._module.InferenceServerClient(self.url, connection_timeout=timeout_s,
                                                               network_timeout=timeout_s)
@@ -212,8 +221,9 @@ class CalibratedClassifierClient(_Common):
         except Exception as error:  # noqa: BLE001
             raise ModelNotReadyError(f"cannot query model {self.model!r}: {error}") from None
         if not ready:
-            raise ModelNotReadyError(f"model {self.model!r} is not ready on {self.url}; "
-                                     "check the server log for its load error")
+            hint = (f"release {self.release} is not loaded there ('tce release list' shows the loaded ones)"
+                    if self.release is not None else "check the server log for its load error")
+            raise ModelNotReadyError(f"model {self.model!r} is not ready on {self.url}; {hint}")
         config = (self._client.get_model_config(self.model, as_json=True, **self._deadline)
                   if self.protocol == "grpc" else self._client.get_model_config(self.model))
         self.schema, self.max_batch_size = _parse_config(self.protocol, config, self.model)
@@ -260,8 +270,9 @@ class AsyncCalibratedClassifierClient(_Common):
 
     def __init__(self, url: str | None = None, protocol: Protocol = "http", model: str = DEFAULT_MODEL,
                  max_concurrency: int = 8, timeout_s: float = 30.0, retries: int = 2, stall_s: float = 300.0,
-                 on_concurrency_change: Callable[[int, int], None] | None = None) -> None:
-        super().__init__(url, protocol, model, asynchronous=True, timeout_s=timeout_s, retries=retries)
+                 on_concurrency_change: Callable[[int, int], None] | None = None, release: int | None = None) -> None:
+        super().__init__(url, protocol, model, asynchronous=True, timeout_s=timeout_s, retries=retries,
+                         release=release)
         if max_concurrency < 1:
             raise UsageError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if stall_s <= 0:

@@ -5,14 +5,16 @@ and ``tce calibrate`` (fit, apply, report) both read and write files by these ru
 - several tasks: the same prefixed by ``<task>_``; true labels in ``label_<task>``;
 - a binary score field (seed 000's multi-task mode) may instead carry its class-1
   score in column ``<task>``, calibrated in ``<task>_calibrated``;
-- per task the predicted ``<task>_label`` and ``<task>_calibration_fallback``, and
-  one ``calibration_version`` column.
+- per task the predicted ``<task>_label`` and ``<task>_calibration_fallback``, then
+  one ``calibration_version`` column and one ``release`` column (the release that
+  answered; left out for servers that do not say).
 """
 from __future__ import annotations
 
 import re
 
 VERSION_COLUMN = "calibration_version"
+RELEASE_COLUMN = "release"
 
 
 def _prefix(task: str, single_task: bool) -> str:

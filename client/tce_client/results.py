@@ -38,6 +38,7 @@ class TaskResult:
 class Prediction:
     tasks: dict[str, TaskResult]
     calibration_version: str
+    release: str = ""  # the release that answered ("" from a server built before releases)
 
     def __getitem__(self, task: str) -> TaskResult:
         return self.tasks[task]
@@ -58,11 +59,13 @@ def _texts(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values.reshape(-1)], dtype=object)
 
 
-def prediction_columns(tasks: Sequence[TaskColumns], versions: np.ndarray) -> dict[str, np.ndarray]:
+def prediction_columns(tasks: Sequence[TaskColumns], versions: np.ndarray,
+                       releases: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Seed 001's columns: ``prob_class_<i>`` and ``calibrated_prob_class_<i>`` for
     a single-task model, ``<task>_prob_class_<i>`` (and calibrated) for several,
     per class raw then calibrated; then per task ``<task>_label`` and
-    ``<task>_calibration_fallback``; then the calibration version."""
+    ``<task>_calibration_fallback``; then the calibration version and (when the server
+    says) the release."""
     single = len(tasks) == 1
     columns: dict[str, np.ndarray] = {}
     for task in tasks:
@@ -75,7 +78,20 @@ def prediction_columns(tasks: Sequence[TaskColumns], versions: np.ndarray) -> di
         columns[names.predicted_label_column(task.name)] = task.label
         columns[names.fallback_column(task.name)] = task.fallback.astype(bool)
     columns[names.VERSION_COLUMN] = versions
+    if releases is not None:
+        columns[names.RELEASE_COLUMN] = releases
     return columns
+
+
+def _releases(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray], rows: int) -> np.ndarray | None:
+    """The release of each row; None when the schema has no release output (an older build),
+    "" per row when the server did not send it."""
+    name = schema.outputs.get("release")
+    if name is None:
+        return None
+    if name not in outputs or outputs[name] is None:
+        return np.full(rows, "", dtype=object)
+    return _texts(outputs[name])
 
 
 def output_columns(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,12 +100,14 @@ def output_columns(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) 
     tasks = [TaskColumns(task.name, outputs[task.outputs["raw"]], outputs[task.outputs["calibrated"]],
                          _texts(outputs[task.outputs["label"]]), fallback[:, index])
              for index, task in enumerate(schema.tasks)]
-    return prediction_columns(tasks, _texts(outputs[schema.outputs["calibration_version"]]))
+    versions = _texts(outputs[schema.outputs["calibration_version"]])
+    return prediction_columns(tasks, versions, _releases(schema, outputs, versions.shape[0]))
 
 
 def predictions_from_outputs(schema: "EnsembleSchema", outputs: Mapping[str, np.ndarray]) -> list[Prediction]:
     """The ensemble's output tensors for a batch of records -> one ``Prediction`` per record."""
     versions = _texts(outputs[schema.outputs["calibration_version"]])
+    releases = _releases(schema, outputs, versions.shape[0])
     fallback = outputs[schema.outputs["calibration_fallback"]]
     labels = {task.name: _texts(outputs[task.outputs["label"]]) for task in schema.tasks}
     return [Prediction({task.name: TaskResult(task=task.name, classes=task.classes,
@@ -97,7 +115,8 @@ def predictions_from_outputs(schema: "EnsembleSchema", outputs: Mapping[str, np.
                                               calibrated=outputs[task.outputs["calibrated"]][row],
                                               label=labels[task.name][row],
                                               calibration_fallback=bool(fallback[row, index]))
-                        for index, task in enumerate(schema.tasks)}, versions[row])
+                        for index, task in enumerate(schema.tasks)}, versions[row],
+                       "" if releases is None else releases[row])
             for row in range(versions.shape[0])]
 
 
@@ -105,6 +124,8 @@ def output_column_names(schema: "EnsembleSchema") -> list[str]:
     """The columns ``output_columns`` makes, in order, known before any record is scored."""
     empty: dict[str, np.ndarray] = {schema.outputs["calibration_version"]: np.empty((0, 1), dtype=object),
                                     schema.outputs["calibration_fallback"]: np.empty((0, len(schema.tasks)), bool)}
+    if "release" in schema.outputs:
+        empty[schema.outputs["release"]] = np.empty((0, 1), dtype=object)
     for task in schema.tasks:
         empty[task.outputs["raw"]] = empty[task.outputs["calibrated"]] = np.empty((0, len(task.classes)))
         empty[task.outputs["label"]] = np.empty((0, 1), dtype=object)
@@ -123,4 +144,6 @@ def predictions_to_frame(predictions: list[Prediction]) -> "pd.DataFrame":
                          np.array([p[name].calibration_fallback for p in predictions], dtype=bool))
              for name in predictions[0].tasks]
     versions = np.array([p.calibration_version for p in predictions], dtype=object)
-    return pd.DataFrame(prediction_columns(tasks, versions))
+    releases = np.array([p.release for p in predictions], dtype=object) if any(p.release for p in predictions) \
+        else None
+    return pd.DataFrame(prediction_columns(tasks, versions, releases))

@@ -48,7 +48,8 @@ class EnsembleSchema:
     categorical_features: tuple[str, ...]
     feature_order: tuple[str, ...]
     tasks: tuple[TaskInfo, ...]
-    # Tensor names: "numeric"/"categorical" -> input, "calibration_version"/"calibration_fallback" -> output.
+    # Tensor names: "numeric"/"categorical" -> input, "calibration_version"/"calibration_fallback"/"release"
+    # -> output ("release" is absent from servers built before releases).
     inputs: Mapping[str, str] = field(default_factory=dict)
     outputs: Mapping[str, str] = field(default_factory=dict)
 
@@ -83,7 +84,8 @@ class EnsembleSchema:
     def output_names(self) -> list[str]:
         """Every output tensor the ensemble returns, as published."""
         names = [t.outputs[part] for t in self.tasks for part in ("raw", "calibrated", "label")]
-        return [*names, self.outputs["calibration_version"], self.outputs["calibration_fallback"]]
+        release = [self.outputs["release"]] if "release" in self.outputs else []
+        return [*names, self.outputs["calibration_version"], self.outputs["calibration_fallback"], *release]
 
     @property
     def input_fields(self) -> tuple[str, ...]:
@@ -294,5 +296,5 @@ def schema_for(manifest: "Manifest") -> EnsembleSchema:
                     for t in manifest.tasks),
         inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
         outputs={"calibration_version": contract.CALIBRATION_VERSION,
-                 "calibration_fallback": contract.CALIBRATION_FALLBACK},
+                 "calibration_fallback": contract.CALIBRATION_FALLBACK, "release": contract.RELEASE},
     )

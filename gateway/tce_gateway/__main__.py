@@ -1,7 +1,8 @@
 """``python -m tce_gateway``: the gateway in the foreground, as the images run it.
 
     python -m tce_gateway --triton triton:8000,triton:8001 --address 0.0.0.0 \\
-        --http-port 8000 --grpc-port 8001 [--sagemaker-port 8080] [--admin-key-file F]
+        --http-port 8000 --grpc-port 8001 [--sagemaker-port 8080] [--admin-key-file F] \\
+        [--repository /models]
 
 It restarts a door worker or nginx that dies, and stops everything on SIGTERM/SIGINT."""
 from __future__ import annotations
@@ -40,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--default-model", default=DEFAULT_MODEL, help="the model /invocations runs")
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="key administrative calls must carry, checked here too (else Triton alone checks it)")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="the model repository Triton serves (read-only is enough): its releases.json sets canary "
+                        "and shadow traffic (if not given: no traffic split)")
     p.add_argument("--door-workers", type=int, default=2, help="door processes")
     p.add_argument("--nginx-workers", type=int, default=0, help="nginx workers (0: one per core)")
     p.add_argument("--max-connections-per-client", type=int, default=GatewayConfig.max_connections_per_client)
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                nginx_workers=args.nginx_workers, door_workers=args.door_workers,
                                max_connections_per_client=args.max_connections_per_client,
                                limits=Limits(max_body_bytes=args.max_body_bytes, max_elements=args.max_elements))
-        gateway = Gateway(tuple(args.triton), config, default_model=args.default_model, admin_key=key or None)
+        gateway = Gateway(tuple(args.triton), config, default_model=args.default_model, admin_key=key or None,
+                          repository=args.repository)
         gateway.start()
     except (OSError, ValueError, GatewayError) as error:
         print(f"tce_gateway: error: {error}", file=sys.stderr)
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
             for part in gateway.check():
                 print(f"tce_gateway: restarted {part}", file=sys.stderr, flush=True)
+            for line in gateway.door_lines():  # the door workers' log, in the container's
+                print(line, file=sys.stderr, flush=True)
     finally:
         gateway.stop()
     return 0

@@ -70,8 +70,13 @@ class DoorConfig:
     admin_key: str | None = None
     triton_admin_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # The model repository Triton serves, read for its releases.json (canary and shadow
+    # traffic, tce_gateway.releases); None: no traffic split.
+    repository: str | None = None
 
     def __post_init__(self) -> None:
+        if self.repository is not None and not self.repository.strip():
+            raise ValueError("repository must be a path or None, not empty")
         if not self.replicas:
             raise ValueError("the door needs at least one Triton replica")
         for port in (self.http_port, self.grpc_port):

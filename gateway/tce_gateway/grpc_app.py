@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2
 from tce_gateway import grpc_codec, http_codec
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
+from tce_gateway.routing import Router
 from tce_gateway.signatures import MODEL_NAME, VERSION, SignatureCache, _short
 from tce_gateway.upstream import SERVICE, Triton, Unreachable
 
@@ -37,10 +38,12 @@ Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
 class GrpcDoor:
-    def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache) -> None:
+    def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache,
+                 router: Router | None = None) -> None:
         self._config = config
         self._triton = triton
         self._signatures = signatures
+        self._router = router or Router(signatures, None, None)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, Any] = {"ModelInfer": grpc.unary_unary_rpc_method_handler(self._guarded(self._infer)),
@@ -77,16 +80,17 @@ class GrpcDoor:
 
     async def _infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         message = grpc_codec.decode_infer(payload)
-        signature = await self._signatures.get(message.model_name, message.model_version)
+        route = await self._router.route(message.model_name, message.model_version)
+        signature = await self._signatures.get(route.model, route.version)
         checked = grpc_codec.parse_infer(message, signature, self._config.limits)
         # Forwarded as a binary-tensor HTTP request and answered as the gRPC frontend would:
         # a Python gRPC client call costs about twice the door's own work.
-        as_binary = dataclasses.replace(checked, binary_output=True, outputs=tuple(
-            dataclasses.replace(output, binary=True) for output in checked.outputs))
+        as_binary = dataclasses.replace(checked, model=route.model, version=route.version, binary_output=True,
+                                        outputs=tuple(dataclasses.replace(output, binary=True)
+                                                      for output in checked.outputs))
         body, headers = http_codec.encode_infer(as_binary)
-        version = f"/versions/{checked.version}" if checked.version else ""
-        answer = await self._triton.http("POST", f"/v2/models/{checked.model}{version}/infer", body, headers,
-                                         timeout_s=self._timeout(context))
+        answer = await self._triton.http("POST", route.infer_path(), body, headers, timeout_s=self._timeout(context))
+        self._router.answered(route, as_binary, signature, answer)
         return grpc_codec.response_from_http(answer.status, answer.headers, answer.body)
 
     async def _stream(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
@@ -106,6 +110,9 @@ class GrpcDoor:
                 if message.version and not VERSION.fullmatch(message.version):
                     raise Refusal(f"model '{message.name}': version must be a positive integer", 404)
                 fresh.name, fresh.version = message.name, message.version
+                release = await self._router.release_model(message.name, message.version) if message.name else None
+                if release is not None:  # a release by version: its own model (tce_gateway.routing)
+                    fresh.name, fresh.version = release, ""
             return await self._triton.grpc(method, fresh.SerializeToString(), self._timeout(context))
         return call
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from tce_gateway import http_codec, invocations, v1
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
+from tce_gateway.routing import Router
 from tce_gateway.signatures import NAME_PATTERN, VERSION_PATTERN, SignatureCache
 from tce_gateway.upstream import HttpAnswer, Triton, Unreachable
 
@@ -24,6 +25,7 @@ _VERSIONED = rf"/models/({NAME_PATTERN})(?:/versions/({VERSION_PATTERN}))?"
 INFER = re.compile(rf"/v2{_VERSIONED}/infer")
 V1_PREDICT = re.compile(rf"/v1/models/({NAME_PATTERN}):predict")
 DISCOVERY = re.compile(rf"/v2(?:/health/(?:live|ready)|/models/stats|{_VERSIONED}(?:/config|/ready|/stats)?)?")
+VERSIONED_DISCOVERY = re.compile(rf"/v2/models/({NAME_PATTERN})/versions/({VERSION_PATTERN})(/config|/ready|/stats)?")
 ADMIN = re.compile(rf"/v2/(?:repository/index|repository/models/{NAME_PATTERN}/(?:load|unload)"
                    r"|(?:system|cuda)sharedmemory(?:/region/[A-Za-z0-9_.-]{1,128})?/(?:status|register|unregister)"
                    rf"|logging|trace/setting|models/{NAME_PATTERN}/trace/setting)")
@@ -59,10 +61,12 @@ def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 class HttpDoor:
-    def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache) -> None:
+    def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache,
+                 router: Router | None = None) -> None:
         self._config = config
         self._triton = triton
         self._signatures = signatures
+        self._router = router or Router(signatures, None, None)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._config.limits.max_body_bytes)
@@ -98,7 +102,7 @@ class HttpDoor:
             return await self._v1_predict(request, match.group(1))
         if DISCOVERY.fullmatch(path):
             self._method(request, "GET")
-            return _response(await self._triton.http("GET", path))
+            return _response(await self._triton.http("GET", await self._discovery_path(path)))
         if ADMIN.fullmatch(path):
             return await self._admin(request, path)
         raise Refusal(f"{request.method} {_printable(path)} is not served by the gateway", 404)
@@ -112,22 +116,36 @@ class HttpDoor:
         raw = await request.read()
         return decompressed(raw, request.headers.get("Content-Encoding"), self._config.limits.max_body_bytes)
 
+    async def _discovery_path(self, path: str) -> str:
+        """A release's own model for a versioned path of an ensemble with releases (``routing``)."""
+        match = VERSIONED_DISCOVERY.fullmatch(path)
+        if match:
+            target = await self._router.release_model(match.group(1), match.group(2))
+            if target is not None:
+                return f"/v2/models/{target}{match.group(3) or ''}"
+        return path
+
     async def _infer(self, request: web.Request, model: str, version: str, header_length: str | None
                      ) -> web.Response:
+        route = await self._router.route(model, version)
         body = await self._body(request)
-        signature = await self._signatures.get(model, version)
-        checked = http_codec.parse_infer(model, version, body, header_length, signature, self._config.limits)
+        signature = await self._signatures.get(route.model, route.version)
+        checked = http_codec.parse_infer(route.model, route.version, body, header_length, signature,
+                                         self._config.limits)
         payload, headers = http_codec.encode_infer(checked)
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        return _response(await self._triton.http("POST", path, payload, headers))
+        answer = await self._triton.http("POST", route.infer_path(), payload, headers)
+        self._router.answered(route, checked, signature, answer)
+        return _response(answer)
 
     async def _v1_predict(self, request: web.Request, model: str) -> web.Response:
         """Records in, named results out (``tce_gateway.v1``)."""
+        route = await self._router.route(model)
         body = await self._body(request)
-        signature = await self._signatures.get(model)
+        signature = await self._signatures.get(route.model)
         checked, schema = v1.parse_predict(body, signature, self._config.limits)
         payload, headers = http_codec.encode_infer(checked)
-        answer = await self._triton.http("POST", f"/v2/models/{model}/infer", payload, headers)
+        answer = await self._triton.http("POST", route.infer_path(), payload, headers)
+        self._router.answered(route, checked, signature, answer)
         return web.json_response(v1.answer(answer.status, answer.headers, answer.body, schema))
 
     async def _sagemaker(self, request: web.Request, path: str) -> web.Response:
@@ -141,12 +159,14 @@ class HttpDoor:
         if content_type.startswith(SAGEMAKER_BINARY):
             size = _HEADER_SIZE.search(content_type)
             return _sagemaker_v2(await self._infer(request, model, "", size.group(1).strip() if size else ""))
+        route = await self._router.route(model)
         body = await self._body(request)
-        signature = await self._signatures.get(model)
+        signature = await self._signatures.get(route.model)
         invocation = invocations.read_invocation(body, content_type, request.headers.get("Accept"), signature,
                                                  self._config.limits)
         payload, headers = http_codec.encode_infer(invocation.request)
-        answer = await self._triton.http("POST", f"/v2/models/{model}/infer", payload, headers)
+        answer = await self._triton.http("POST", route.infer_path(), payload, headers)
+        self._router.answered(route, invocation.request, signature, answer)
         if invocation.schema is None:
             return _sagemaker_v2(_response(answer))
         return web.Response(body=invocations.seed_answer(answer.status, answer.headers, answer.body,

@@ -31,11 +31,13 @@ class Gateway:
     default_model: str = DEFAULT_MODEL
     admin_key: str | None = None
     triton_admin_key: str | None = None
+    repository: Path | str | None = None   # read for releases.json: canary and shadow traffic
     nginx: subprocess.Popen | None = field(default=None, init=False)
     workers: list[subprocess.Popen] = field(default_factory=list, init=False)
     run_dir: Path | None = field(default=None, init=False)
     restarts: int = field(default=0, init=False)
     _door: DoorConfig | None = field(default=None, init=False)
+    _log_read: int = field(default=0, init=False)
 
     @classmethod
     def for_server(cls, http_url: str, grpc_url: str, **config: object) -> "Gateway":
@@ -68,7 +70,8 @@ class Gateway:
         door_http, door_grpc = free_ports(2)
         self._door = DoorConfig(self.replicas, door_http, door_grpc, default_model=self.default_model,
                                 admin_key=self.admin_key, triton_admin_key=self.triton_admin_key,
-                                limits=self.config.limits)
+                                limits=self.config.limits,
+                                repository=str(Path(self.repository).resolve()) if self.repository else None)
         secret = self.run_dir / "door.json"  # holds the keys: owner-only, never on a command line
         descriptor = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -136,6 +139,19 @@ class Gateway:
             restarted.append(f"nginx (exit {code})")
         self.restarts += len(restarted)
         return restarted
+
+    def door_lines(self) -> list[str]:
+        """Whole lines the door workers logged since the last call (shadow and canary counts,
+        releases.json problems), for a foreground gateway to pass on."""
+        path = self.run_dir / "door.log" if self.run_dir else None
+        if path is None or not path.exists():
+            return []
+        with open(path, "rb") as handle:
+            handle.seek(self._log_read)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        self._log_read += len(complete)
+        return complete.decode("utf-8", errors="replace").splitlines()
 
     def log_tail(self, chars: int = 2000) -> str:
         parts = []

@@ -107,6 +107,9 @@ def _record(prediction: Prediction) -> dict[str, Any]:
                         "calibrated": {c: float(p) for c, p in zip(task.classes, task.calibrated, strict=True)},
                         "label": task.label, "calibration_fallback": bool(task.calibration_fallback)}
     record["calibration_version"] = prediction.calibration_version
+    release = getattr(prediction, "release", "")
+    if release:  # the release that answered (a server built with releases)
+        record["release"] = release
     return record
 
 

@@ -18,6 +18,9 @@ from aiohttp import web
 from tce_gateway.config import DoorConfig, Limits, Replica
 from tce_gateway.grpc_app import GrpcDoor
 from tce_gateway.http_app import HttpDoor
+from tce_gateway.releases import ReleaseWatcher
+from tce_gateway.routing import Router
+from tce_gateway.shadow import Shadow
 from tce_gateway.signatures import SignatureCache
 from tce_gateway.upstream import Triton
 
@@ -36,7 +39,10 @@ async def serve(config: DoorConfig, stop: asyncio.Event) -> None:
     triton = Triton(config.replicas, config.limits)
     await triton.start()
     signatures = SignatureCache(triton.fetch)
-    runner = web.AppRunner(HttpDoor(config, triton, signatures).app(), auto_decompress=False, access_log=None,
+    shadow = Shadow(triton, signatures, config.limits.timeout_s)
+    watcher = ReleaseWatcher(config.repository) if config.repository is not None else None
+    router = Router(signatures, watcher, shadow)
+    runner = web.AppRunner(HttpDoor(config, triton, signatures, router).app(), auto_decompress=False, access_log=None,
                            keepalive_timeout=75, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.http_port, reuse_port=True, backlog=1024).start()
@@ -44,7 +50,7 @@ async def serve(config: DoorConfig, stop: asyncio.Event) -> None:
     # The receive limit counts decompressed bytes: a gzip bomb ends here, not in Triton.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", 256 << 20), ("grpc.so_reuseport", 1)])
-    server.add_generic_rpc_handlers((GrpcDoor(config, triton, signatures).handler(),))
+    server.add_generic_rpc_handlers((GrpcDoor(config, triton, signatures, router).handler(),))
     server.add_insecure_port(f"{config.host}:{config.grpc_port}")
     await server.start()
     try:
@@ -52,6 +58,7 @@ async def serve(config: DoorConfig, stop: asyncio.Event) -> None:
     finally:
         await server.stop(grace=5)
         await runner.cleanup()
+        await shadow.close()
         await triton.close()
 
 

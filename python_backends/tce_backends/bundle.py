@@ -11,6 +11,7 @@ JSON, NumPy (``allow_pickle=False``) and TorchScript only: nothing here unpickle
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ MODEL_FILE = "model.pt"
 TEXT_DIR, TABULAR_DIR, CALIBRATION_DIR = "text", "tabular", "calibration"
 # The model's kind follows from its text fields (each beside the tabular input).
 MODEL_KINDS = {1: "bimodal", 2: "trimodal"}
+
+
+def file_fingerprint(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256 (read in blocks: model.pt can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def model_kind_for(text_fields: int) -> str:
@@ -123,6 +133,34 @@ class Bundle:
     def model_path(self) -> Path:
         return self.root / MODEL_FILE
 
+    def model_fingerprint(self) -> str:
+        """What a calibration fitted for this model records (``calibration.json``'s
+        ``model_fingerprint``), and what a release checks it against."""
+        return file_fingerprint(self.model_path)
+
+    def fingerprint(self) -> str:
+        """The bundle's preprocessing and model: manifest, model.pt, text/ and tabular/
+        (the calibration has its own ``calibration_version``)."""
+        digest = hashlib.sha256()
+        parts = [self.root / MANIFEST_FILE, self.model_path]
+        for directory in (TEXT_DIR, TABULAR_DIR):
+            parts += sorted(p for p in (self.root / directory).rglob("*") if p.is_file())
+        for path in parts:
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{file_fingerprint(path)}\0".encode())
+        return digest.hexdigest()[:12]
+
+    def calibration_model_problem(self) -> str | None:
+        """None when the calibration was fitted for this model.pt (or records no model:
+        calibrations fitted before the record existed are accepted), else why not."""
+        recorded = self.calibrator.model_fingerprint
+        if not recorded:
+            return None
+        actual = self.model_fingerprint()
+        if recorded == actual:
+            return None
+        return (f"the calibration in {self.root / CALIBRATION_DIR} was fitted for model {recorded}, but "
+                f"{self.model_path} is model {actual}: fit it for this model (tce calibrate fit)")
+
     @classmethod
     def load(cls, root: Path | str, strict_calibration: bool = True) -> "Bundle":
         """``strict_calibration=False``: a calibration that cannot be read makes its tasks
@@ -158,5 +196,5 @@ class Bundle:
         tabular.save(root / TABULAR_DIR)
         if (root / CALIBRATION_DIR).exists():
             shutil.rmtree(root / CALIBRATION_DIR)
-        calibrator.save(root / CALIBRATION_DIR)
+        calibrator.save(root / CALIBRATION_DIR, model_fingerprint=file_fingerprint(root / MODEL_FILE))
         return cls.load(root)

@@ -18,7 +18,9 @@ never silently, never by raising into the serving path. Tables must map into
 
 ``Calibrator.version`` is the fingerprint of the tables actually in use (prefixed by
 a label, when one was given), so a response's ``calibration_version`` always says
-which tables produced it.
+which tables produced it. ``Calibrator.model_fingerprint`` is the model the tables were
+fitted for (``calibration.json``'s ``model_fingerprint``: ``tce calibrate fit`` and bundle
+writers record it; "" for calibrations written before it was recorded).
 """
 from __future__ import annotations
 
@@ -276,11 +278,13 @@ class Calibrator:
     """Applies every task's calibration to the model's concatenated probabilities."""
 
     def __init__(self, tasks: Sequence[TaskSpec], calibrations: Mapping[str, TaskCalibration],
-                 label: str = "", fallback_reasons: Mapping[str, str] | None = None) -> None:
+                 label: str = "", fallback_reasons: Mapping[str, str] | None = None,
+                 model_fingerprint: str = "") -> None:
         unknown = sorted(set(calibrations) - {t.name for t in tasks})
         if unknown:
             raise BundleError("calibration", f"calibration for unknown tasks {unknown}")
         self.tasks = tuple(tasks)
+        self.model_fingerprint = model_fingerprint
         self.fallback_reasons = dict(fallback_reasons or {})
         self.calibrations: dict[str, TaskCalibration] = {}
         for task in self.tasks:
@@ -328,10 +332,14 @@ class Calibrator:
         return CalibratedBatch(raw, calibrated, labels, fallback)
 
     # -- persistence -----------------------------------------------------------
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, model_fingerprint: str | None = None) -> None:
+        """``model_fingerprint``: the model these tables are for (default: the one loaded with them)."""
         directory.mkdir(parents=True, exist_ok=True)
         entries = {task.name: self.calibrations[task.name].save(directory, task.name) for task in self.tasks}
-        payload = {"label": self.label, "tasks": entries}
+        payload: dict[str, Any] = {"label": self.label, "tasks": entries}
+        fitted_for = self.model_fingerprint if model_fingerprint is None else model_fingerprint
+        if fitted_for:
+            payload["model_fingerprint"] = fitted_for
         (directory / CALIBRATION_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True), encoding="utf-8")
 
     @classmethod
@@ -349,6 +357,7 @@ class Calibrator:
             payload = json.loads(path.read_text(encoding="utf-8"))
             entries = payload["tasks"]
             label = str(payload.get("label", payload.get("version", "")))
+            fitted_for = str(payload.get("model_fingerprint", ""))
             if not isinstance(entries, dict):
                 raise TypeError("'tasks' must be an object")
         except (ValueError, KeyError, TypeError, OSError) as exc:
@@ -370,7 +379,7 @@ class Calibrator:
                     raise BundleError(f"calibration/{name}", f"{type(exc).__name__}: {exc}") from None
                 if name in known:
                     reasons[name] = f"{type(exc).__name__}: {exc}"
-        return cls(tasks, calibrations, label=label, fallback_reasons=reasons)
+        return cls(tasks, calibrations, label=label, fallback_reasons=reasons, model_fingerprint=fitted_for)
 
 
 def sample_table(predict: Any, points: int = 1000, low: float = 0.0, high: float = 1.0) -> LookupTable:

@@ -3,8 +3,8 @@
 The ensemble's caller-facing inputs are the raw text fields (one string each),
 ``numeric_features`` (float64, NaN = missing) and ``categorical_features``
 (strings, "" = missing). Its outputs per task are ``<task>_raw``,
-``<task>_calibrated`` and ``<task>_label``, plus ``calibration_version`` and
-``calibration_fallback``.
+``<task>_calibrated`` and ``<task>_label``, plus ``calibration_version``,
+``calibration_fallback`` and ``release`` (the release number that answered, as text).
 
 Steps speak plain names (``<field>_input_ids``, ``tabular``, ``probabilities``).
 Only the model step uses Triton's libtorch convention ``<name>__<index>``, which
@@ -35,6 +35,9 @@ RELEASE = "release"  # output: the release (one bundle's pinned step versions) t
 
 # The repository's releases and which one serves (tce.repository.releases writes it).
 RELEASES_FILE = "releases.json"
+# In a calibrator version directory: which release that version belongs to and the model
+# fingerprint of that release ({"release": n, "bundle": ..., "model_fingerprint": ...}).
+RELEASE_INFO_FILE = "release.json"
 
 
 def release_model_name(ensemble: str, release: int) -> str:
@@ -47,7 +50,7 @@ def release_model_name(ensemble: str, release: int) -> str:
 TOKEN_RANGE_ERROR = "token ids must be in [0, vocab_size)"
 
 RESERVED_NAMES = {NUMERIC_FEATURES, CATEGORICAL_FEATURES, TABULAR, PROBABILITIES, CALIBRATION_VERSION,
-                  CALIBRATION_FALLBACK}
+                  CALIBRATION_FALLBACK, RELEASE}
 
 
 @dataclass(frozen=True)

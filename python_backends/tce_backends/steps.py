@@ -13,6 +13,7 @@ fails).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -22,7 +23,7 @@ from . import contract
 from .bundle import CALIBRATION_DIR, MODEL_FILE, TABULAR_DIR, TEXT_DIR, Manifest
 from .calibration import Calibrator
 from .contract import Signature, TensorSpec
-from .errors import InputError
+from .errors import BundleError, InputError
 from .strings import decode_strings
 from .tabular import TabularPreprocessor
 from .tasks import total_classes
@@ -214,15 +215,23 @@ class ModelStep:
 
 class CalibratorStep:
     """Concatenated probabilities -> per task raw, calibrated and label, plus the
-    calibration version and per-task fallback flags."""
+    calibration version, per-task fallback flags and the release that answered.
 
-    def __init__(self, calibrator: Calibrator) -> None:
+    In a model repository the calibrator's version directory holds ``release.json``
+    (``contract.RELEASE_INFO_FILE``, written by the builder): the release number it answers
+    with, and the fingerprint of the model that release serves. Tables that record being
+    fitted for another model refuse to load; tables that record no model (fitted before the
+    record existed) are accepted. Loaded from a bundle (no ``release.json``), the release is ""."""
+
+    def __init__(self, calibrator: Calibrator, release: str = "") -> None:
         self.calibrator = calibrator
+        self.release = release
         self.input_names = (contract.PROBABILITIES,)
         self.output_names = tuple(spec.name for spec in self._output_specs(calibrator.tasks))
         self._class_names = {t.name: np.array([c.encode() for c in t.classes], dtype=np.object_)
                              for t in calibrator.tasks}
         self._version = calibrator.version.encode()
+        self._release = release.encode()
 
     @staticmethod
     def _output_specs(tasks: Sequence[Any]) -> tuple[TensorSpec, ...]:
@@ -233,7 +242,8 @@ class CalibratorStep:
                       TensorSpec(calibrated, "TYPE_FP32", (task.num_classes,)),
                       TensorSpec(label, "TYPE_STRING", (1,))]
         return (*specs, TensorSpec(contract.CALIBRATION_VERSION, "TYPE_STRING", (1,)),
-                TensorSpec(contract.CALIBRATION_FALLBACK, "TYPE_BOOL", (len(tasks),)))
+                TensorSpec(contract.CALIBRATION_FALLBACK, "TYPE_BOOL", (len(tasks),)),
+                TensorSpec(contract.RELEASE, "TYPE_STRING", (1,)))
 
     @classmethod
     def signature(cls, manifest: Manifest, text_fields: Sequence[TextFieldConfig]) -> Signature:
@@ -242,7 +252,16 @@ class CalibratorStep:
 
     @classmethod
     def load(cls, root: Path, manifest: Manifest, **options: Any) -> "CalibratorStep":
-        return cls(Calibrator.load(root / CALIBRATION_DIR, manifest.tasks))
+        calibrator = Calibrator.load(root / CALIBRATION_DIR, manifest.tasks)
+        info = read_release_info(root)
+        if info is None:
+            return cls(calibrator)
+        served = str(info.get("model_fingerprint", ""))
+        if calibrator.model_fingerprint and served and calibrator.model_fingerprint != served:
+            raise BundleError("calibration", f"these tables were fitted for model {calibrator.model_fingerprint}, "
+                                             f"release {info.get('release')} serves model {served}: refusing to "
+                                             "serve them as its calibration")
+        return cls(calibrator, str(info.get("release", "")))
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
         """The model's output, when a caller sends it to this step directly."""
@@ -269,4 +288,20 @@ class CalibratorStep:
         batch = probabilities.shape[0]
         out[contract.CALIBRATION_VERSION] = np.full((batch, 1), self._version, dtype=np.object_)
         out[contract.CALIBRATION_FALLBACK] = result.fallback
+        out[contract.RELEASE] = np.full((batch, 1), self._release, dtype=np.object_)
         return out
+
+
+def read_release_info(version_dir: Path) -> dict[str, Any] | None:
+    """A calibrator version directory's ``release.json``; None when it has none (a bundle,
+    or a repository written before releases)."""
+    path = Path(version_dir) / contract.RELEASE_INFO_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or not isinstance(info.get("release"), int):
+            raise ValueError("expected an object with an integer 'release'")
+    except ValueError as error:
+        raise BundleError("release", f"unreadable {path}: {error}") from None
+    return info

@@ -17,10 +17,11 @@ from tce.commands import (
     loadtest,
     package_sagemaker,
     predict,
+    release,
     schema,
     serve,
 )
 
 # In the order `tce --help` lists them.
-MODULES = (demo_bundle, demo_data, build, serve, import_seed, package_sagemaker, calibrate, predict, evaluate, schema,
-           loadtest, demo, benchmark, capacity)
+MODULES = (demo_bundle, demo_data, build, serve, release, import_seed, package_sagemaker, calibrate, predict, evaluate,
+           schema, loadtest, demo, benchmark, capacity)

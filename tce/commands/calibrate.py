@@ -41,8 +41,11 @@ def _calibrate_publish(args: argparse.Namespace) -> int:
     from tce.serving.security import read_admin_key
 
     admin_key = read_admin_key(args.admin_key_file, required=bool(args.url)) if args.url else None
-    version = publish(args.bundle, args.repository, url=args.url, admin_key=admin_key)
-    state = f"loaded by the server at {args.url}" if args.url else "load it with the server's repository API"
+    version = publish(args.bundle, args.repository, url=args.url, admin_key=admin_key, promote=not args.candidate,
+                      say=print, lock_timeout_s=args.lock_timeout)
+    served = f"the server at {args.url}" if args.url else "a server that loads the repository"
+    state = ("a candidate release: promote it with tce release promote" if args.candidate
+             else f"released and served by {served}")
     print(f"calibrator version {version} written to {args.repository}/calibrator/{version}; {state}")
     return 0
 
@@ -72,9 +75,14 @@ def add(commands: Commands) -> None:
     p.add_argument("--out", type=Path, required=True, help="directory for the report and its plots")
     p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN", help=label_help)
     p.add_argument("--bins", type=int, default=15, help="reliability bins")
-    p = add_command(actions, "publish", "add the bundle's calibration as a new calibrator version", _calibrate_publish)
+    p = add_command(actions, "publish", "release the bundle's calibration for the current model (a new calibrator "
+                    "version, checked, then served)", _calibrate_publish)
     p.add_argument("--bundle", type=Path, required=True, help="bundle with the calibration to publish")
     p.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to add it to")
     p.add_argument("--url", default=None, help="HTTP host:port of a server in explicit model-control mode")
     p.add_argument("--admin-key-file", type=Path, default=None,
                    help="the server's admin key (if not given: $TCE_ADMIN_KEY_FILE, then $TCE_ADMIN_KEY)")
+    p.add_argument("--candidate", action="store_true",
+                   help="leave the new release a candidate (tce release promote serves it) instead of serving it")
+    p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait while another tce command changes the same repository")

@@ -9,12 +9,20 @@ from tce.commands.common import Commands, add_batch_options, add_command, apply_
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tce.jobs.evaluate import EvaluateJob, run_evaluate
+    from tce.jobs.evaluate import EvaluateJob, release_score_column, run_evaluate
     from tce.lib.seed_evaluation import ComparisonFlags, comparison_switches
+    from tce_backends.errors import UsageError
 
+    compared = args.previous_score_field
+    if args.compare_release is not None:  # release N's scores are the previous model's
+        if args.previous_score_field or args.comparison_mode == "false":
+            raise UsageError("--compare-release N compares with release N: drop --previous-score-field and "
+                             "--comparison-mode false")
+        compared = release_score_column(args.compare_release)
     previous_score_field, comparison = comparison_switches(ComparisonFlags(
-        args.previous_score_field, args.comparison_mode, args.comparison_metrics, args.statistical_tests,
-        args.comparison_plots), os.environ)
+        compared, args.comparison_mode, args.comparison_metrics, args.statistical_tests,
+        args.comparison_plots), {k: v for k, v in os.environ.items() if args.compare_release is None
+                                 or k not in ("PREVIOUS_SCORE_FIELD", "COMPARISON_MODE")})
     settings = apply_seed_settings(args)  # ID_FIELD, LABEL_FIELD, BATCH_SIZE as defaults; --max-rejects
     labels = label_overrides(args.label) or ({"*": settings.label_field} if settings.label_field else {})
     job = EvaluateJob(args.out, input=args.input, predictions=args.predictions, bundle=args.bundle,
@@ -24,7 +32,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                       compare_task=args.compare_task, bins=args.bins, bootstrap_samples=args.bootstrap_samples,
                       url=args.url, protocol=args.protocol, model=args.model, format=args.format,
                       allow_missing_columns=args.allow_missing_columns, chunk_rows=args.chunk_rows,
-                      max_in_flight=args.max_in_flight, restart=args.restart)
+                      max_in_flight=args.max_in_flight, restart=args.restart, compare_release=args.compare_release)
     report = run_evaluate(job)
     print(report.summary, end="")
     print(f"\nmetrics.json, metrics_summary.txt, plots and predictions of {report.records} records written to "
@@ -63,6 +71,9 @@ def add(commands: Commands) -> None:
     for flag, choices, variable, what in switches:
         p.add_argument(flag, choices=choices, default=None, help=f"{what} (if not given: seed 002's {variable}, "
                        "else the seed's default)")
+    p.add_argument("--compare-release", type=int, default=None, metavar="N",
+                   help="with --input: also score the records with release N of the served ensemble and compare "
+                        "the current release with it (release N's class-1 score is the previous model's score)")
     p.add_argument("--compare-task", default=None, help="the binary task the previous score belongs to "
                    "(needed when there are several)")
     p.add_argument("--bins", type=int, default=15, help="reliability bins (ECE, diagrams)")

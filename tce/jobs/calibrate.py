@@ -7,9 +7,8 @@ server's ``Calibrator`` and adds the calibrated columns, keeping every input col
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,9 +17,9 @@ from tce.lib import plots
 from tce.lib.calibration_metrics import TaskMetrics, metrics_table, task_metrics
 from tce.lib.fitting import DEFAULT_POINTS, FitMethod, fit_task
 from tce.lib.labels import ScoreColumns, label_column, score_columns, true_labels
+from tce.lib.staging import LOCK_TIMEOUT_S, staged_directory
 from tce.lib.tables import read_frame, write_frame
-from tce.repository.builder import write_step_version
-from tce.serving.security import http_headers
+from tce_backends import graph
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
 from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
 from tce_backends.errors import UsageError
@@ -49,10 +48,14 @@ def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", poi
         truth = true_labels(frame, task, label_column(task, all_tasks, labels or {}))
         calibrations[task.name] = fit_task(task, scores, truth, method, points)
     calibrator = Calibrator(all_tasks, calibrations, label=label)
-    target = bundle.root / CALIBRATION_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    calibrator.save(target)
+    # Written aside and swapped in whole (the manifest does not change): a failure or a kill
+    # at any point leaves the bundle's calibration byte for byte as it was.
+    try:
+        with staged_directory(bundle.root / CALIBRATION_DIR) as staging:
+            calibrator.save(staging, model_fingerprint=bundle.model_fingerprint())  # the model the tables are for
+    except OSError as error:
+        raise UsageError(f"cannot write {bundle.root / CALIBRATION_DIR}: {error.strerror or error}; the bundle's "
+                         "calibration was left as it was") from None
     return calibrator
 
 
@@ -161,51 +164,41 @@ def format_report(results: Mapping[str, Mapping[str, TaskMetrics]]) -> str:
     return metrics_table(results, ("ece", "mce", "brier", "log_loss"))
 
 
-# -- publish: a new calibrator version, live -----------------------------------
+# -- publish: a release of new tables for the current model -----------------------
 
 def publish(bundle_dir: Path, repository: Path, url: str | None = None, admin_key: str | None = None,
-            timeout_s: float = 120.0) -> int:
-    """Write the bundle's calibration as the next ``calibrator`` version and, with
-    ``url``, ask a server in explicit model-control mode to load it (sending the admin
-    key). Triton keeps serving the old version until the new one is ready, then
-    retires it.
+            timeout_s: float = 120.0, promote: bool = True, say: Callable[[str], None] = lambda _: None,
+            lock_timeout_s: float = LOCK_TIMEOUT_S) -> int:
+    """Publish the bundle's calibration as a release of the current model: the next
+    ``calibrator`` version, pinned beside the current release's preprocessor and model
+    versions (``tce.jobs.release.publish_calibration``). With ``url``, a server in explicit
+    model-control mode (sent the admin key) loads it beside the current release, the canary
+    checks it against the reference pipeline, and (unless ``promote`` is False, which leaves
+    a candidate for ``tce release promote``) the ensemble switches to it: requests in flight
+    finish on the old tables, new ones get the new tables. Returns the calibrator version.
 
-    Nothing is written unless the bundle's tasks and classes equal the served ones,
-    every table maps into [0, 1] and (with ``url``) the server accepts model control
-    with this key. A version the server fails to load is removed again, so the next
-    start of the server is not broken by it.
+    Nothing is written unless the bundle's tasks and classes equal the served ones, every
+    table maps into [0, 1], the tables were fitted for the served model (or record no model)
+    and (with ``url``) the server accepts model control with this key. A version the server
+    fails to load or that answers wrongly is removed again, so the served state is as before.
+    Two publishes at once take turns on the repository's lock and claim distinct versions.
     """
-    from tce_backends import graph
+    from tce.jobs.release import Server, publish_calibration
+    from tce.repository.releases import Release, Releases
 
     bundle = Bundle.load(bundle_dir)  # strict: a table outside [0, 1] or outside the bundle is refused here
     _check_complete(bundle)
-    step_dir = Path(repository) / graph.CALIBRATOR
-    versions = sorted(int(p.name) for p in step_dir.iterdir() if p.is_dir() and p.name.isdigit()) \
-        if (step_dir / "config.pbtxt").is_file() else []
-    if not versions:
+    repository = Path(repository)
+    if not (repository / graph.CALIBRATOR / "config.pbtxt").is_file():
         raise UsageError(f"{repository} has no {graph.CALIBRATOR} model; build the repository first")
-    _check_same_tasks(bundle.manifest, Manifest.load(step_dir / str(versions[-1])), step_dir / str(versions[-1]))
-    client = _model_control_client(url, admin_key, timeout_s) if url else None
-    version = versions[-1] + 1
-    staging = step_dir / f".staging-{version}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    write_step_version(bundle, graph.CALIBRATOR, staging)
-    staging.rename(step_dir / str(version))  # appears whole: the server never sees a half-written version
-    if client is not None:
-        from tritonclient.utils import InferenceServerException
 
-        try:
-            client.load_model(graph.CALIBRATOR, headers=http_headers(admin_key))
-            ready = client.is_model_ready(graph.CALIBRATOR, str(version))
-            problem = "" if ready else "it did not become ready"
-        except InferenceServerException as error:
-            problem = error.message()
-        if problem:
-            shutil.rmtree(step_dir / str(version), ignore_errors=True)
-            raise UsageError(f"the server did not load calibrator version {version} ({problem}); "
-                             "the version was removed again, the old one keeps serving")
-    return version
+    def same_tasks(releases: Releases, current: Release) -> None:
+        served = repository / graph.CALIBRATOR / str(current.steps[graph.CALIBRATOR])
+        _check_same_tasks(bundle.manifest, Manifest.load(served), served)
+
+    release, _ = publish_calibration(bundle, repository, Server(url, admin_key, timeout_s), promote_now=promote,
+                                     say=say, lock_timeout_s=lock_timeout_s, check=same_tasks)
+    return release.steps[graph.CALIBRATOR]
 
 
 def _check_complete(bundle: Bundle) -> None:
@@ -234,30 +227,3 @@ def _check_same_tasks(bundle: Manifest, served: Manifest, where: Path) -> None:
     missing = sorted(set(served_tasks) - {t.name for t in bundle.tasks})
     if missing:
         raise UsageError(f"the bundle lacks the served tasks {missing}")
-
-
-def _model_control_client(url: str, admin_key: str | None, timeout_s: float):
-    """An HTTP client to a server that accepts model control with ``admin_key``;
-    asked before anything is written."""
-    import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
-
-    from tce_client.endpoints import host_port
-
-    client = httpclient.InferenceServerClient(host_port(url, "http"), network_timeout=timeout_s,
-                                              connection_timeout=min(timeout_s, 10.0))
-    try:
-        # Unloading a model that does not exist changes nothing, yet needs explicit model control and the key.
-        client.unload_model("__tce_model_control_probe__", headers=http_headers(admin_key))
-    except InferenceServerException as error:
-        message = error.message() or str(error)
-        if "restricted" in message:
-            raise UsageError(f"the server at {url} refused the admin key ({message}); pass the key it was "
-                             "started with (--admin-key-file or $TCE_ADMIN_KEY)") from None
-        if "polling is enabled" in message or "not allowed" in message:
-            raise UsageError(f"the server at {url} does not allow model control: start it with "
-                             "--model-control-mode explicit --load-model '*'") from None
-        raise UsageError(f"the server at {url} cannot load models: {message}") from None
-    except Exception as error:  # noqa: BLE001 - connection failures differ by library version
-        raise UsageError(f"no Triton server answers at {url} ({error})") from None
-    return client

@@ -10,6 +10,14 @@ model's score column, the two models compared (seed 002's switches:
 (``null`` in ``metrics.json``). ``OUT`` receives ``eval_predictions.<fmt>``,
 ``metrics.json``, ``metrics_summary.txt``, the PNGs, seed 002's own layout in ``OUT/eval``
 and ``OUT/metrics`` (``tce.lib.seed_evaluation``), and ``_SUCCESS`` and ``_HEALTH`` last.
+
+``compare_release`` (``--compare-release N``): the same records are scored a second time by
+release N of the served ensemble (its own model, ``<ensemble>-release-<N>``), and release N's
+class-1 score of the compared task becomes the previous model's score column
+(``release_<N>_score``: what release N serves, so calibrated when it calibrates that task,
+else raw; its raw score is kept beside it as ``release_<N>_raw_score``), so the comparison
+mode compares the current release with release N record by record (a release with new
+calibration tables only shows in the calibrated metrics).
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -34,6 +42,7 @@ from tce.lib.rejects import RejectLimit
 from tce.lib.seed_evaluation import ComparisonOptions
 from tce.lib.tables import TableSource, file_format, read_frame, write_frame
 from tce_backends.bundle import Manifest
+from tce_backends.contract import release_model_name
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec
 from tce_client import DEFAULT_MODEL, CalibratedClassifierClient
@@ -72,10 +81,17 @@ class EvaluateJob:
     max_rejects: RejectLimit = RejectLimit()  # records that cannot be scored: left out of the metrics, up to this
     task: str | None = None                 # evaluate this task only, under seed 002's one-task names
     comparison: ComparisonOptions = field(default_factory=ComparisonOptions)
+    compare_release: int | None = None      # also score with release N, compared as the previous model
 
     def __post_init__(self) -> None:
         if (self.input is None) == (self.predictions is None):
             raise UsageError("give --input (labelled records to score) or --predictions (a scored file), not both")
+        if self.compare_release is not None:
+            if self.input is None or self.compare_release < 1:
+                raise UsageError("--compare-release N scores --input with release N (N >= 1) of the served ensemble")
+            if self.previous_score_field != release_score_column(self.compare_release):
+                raise UsageError("--compare-release is the previous model's score: drop --previous-score-field "
+                                 "(and PREVIOUS_SCORE_FIELD)")
         if self.bundle is not None and self.predictions is None:
             raise UsageError("--bundle names the tasks of a --predictions file; with --input the server names them")
         if self.bins < 2:
@@ -161,8 +177,8 @@ def _score(job: EvaluateJob, tasks: tuple[TaskSpec, ...], labels: dict[str, str]
             raise UsageError(f"no label column {labels[task.name]!r} for task {task.name!r} in {job.input} "
                              f"(use --label {task.name}=COLUMN)")
     _check_label_values(source, tasks, labels, job.chunk_rows)
-    keep = tuple(dict.fromkeys([*labels.values(), *([job.previous_score_field] if job.previous_score_field
-                                                    else [])]))
+    previous = job.previous_score_field if job.compare_release is None else None  # release N's: scored below
+    keep = tuple(dict.fromkeys([*labels.values(), *([previous] if previous else [])]))
     scoring = PredictJob(job.input, job.output / SCORING_DIR, url=job.url, protocol=job.protocol, model=job.model,
                          format=job.format, id_field=job.id_field, keep=keep,
                          allow_missing_columns=job.allow_missing_columns, chunk_rows=job.chunk_rows,
@@ -431,6 +447,43 @@ def _scored_file(job: EvaluateJob) -> _Scored:
     return _Scored(job.predictions, frame, tasks, labels, single)
 
 
+def release_score_column(release: int) -> str:
+    """The column holding release ``release``'s class-1 score of the compared task."""
+    return f"release_{release}_score"
+
+
+def _with_release_scores(job: EvaluateJob, scored: _Scored, note: Callable[[str], None]) -> _Scored:
+    """``scored`` with release N's class-1 score of the compared task beside it (``compare_release``)."""
+    assert job.input is not None and job.compare_release is not None
+    number, column = job.compare_release, release_score_column(job.compare_release)
+    model = release_model_name(job.model, number)
+    release_tasks = {t.name: t for t in _served_tasks(replace(job, model=model))}
+    binary = [t for t in scored.tasks if t.num_classes == 2 and t.name in release_tasks]
+    named = job.compare_task or (binary[0].name if len(binary) == 1 else None)
+    if named is None or named not in {t.name for t in binary}:
+        raise UsageError(f"release {number} is compared on one binary task both releases have: give --compare-task "
+                         f"(one of {[t.name for t in binary]})")
+    work = job.output / f"{SCORING_DIR}-release-{number}"
+    scoring = PredictJob(job.input, work, url=job.url, protocol=job.protocol, model=model, format=job.format,
+                         id_field=job.id_field, allow_missing_columns=job.allow_missing_columns,
+                         chunk_rows=job.chunk_rows, max_in_flight=job.max_in_flight, restart=job.restart,
+                         output_stem=f"release_{number}", batch_size=job.batch_size, max_rejects=job.max_rejects)
+    note(f"scoring the same records with release {number} ('{model}')")
+    frame = read_frame(run_predict(scoring, note=note).path)  # type: ignore[arg-type]
+    if len(frame) != len(scored.frame) or (job.id_field is not None and not np.array_equal(
+            frame[job.id_field].to_numpy(), scored.frame[job.id_field].to_numpy())):
+        raise UsageError(f"release {number} scored other records than the current release ({len(frame)} vs "
+                         f"{len(scored.frame)} rows): both must score the same records to be compared")
+    task = release_tasks[named]
+    calibrated, raw = (probability_columns(named, task.num_classes, len(release_tasks) == 1, calibrated=c)[1]
+                       for c in (True, False))
+    combined = scored.frame.assign(**{column: frame[calibrated if calibrated in frame else raw].to_numpy(np.float64),
+                                      f"release_{number}_raw_score": frame[raw].to_numpy(np.float64)})
+    _staged_frame(combined, scored.path)
+    shutil.rmtree(work, ignore_errors=True)
+    return _Scored(scored.path, combined, scored.tasks, scored.labels, scored.single)
+
+
 def _clear_markers(out: Path) -> None:
     for folder in (out, out / seed.EVAL_DIR, out / seed.METRICS_DIR):
         for marker in (SUCCESS, HEALTH):
@@ -442,6 +495,8 @@ def run_evaluate(job: EvaluateJob, note: Callable[[str], None] = print) -> Evalu
     out.mkdir(parents=True, exist_ok=True)
     _clear_markers(out)
     scored = _scored_input(job, note) if job.input is not None else _scored_file(job)
+    if job.compare_release is not None:
+        scored = _with_release_scores(job, scored, note)
     frame = scored.frame
     evaluated, comparison = evaluate_frame(job, frame, scored.tasks, scored.labels, scored.single)
     versions = sorted(set(frame[VERSION_COLUMN].astype(str))) if VERSION_COLUMN in frame else []

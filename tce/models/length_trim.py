@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tce.models.loading import load_torchscript
 from tce_backends.text import TextPreprocessor
 
 TOLERANCE = 1e-5
@@ -105,7 +106,7 @@ def run_numpy(module: nn.Module, arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 def make_length_aware(model_path: Path, text: TextPreprocessor, num_features: int) -> TrimDecision:
     """Rewrite ``model_path`` as a trimming wrapper when that provably changes nothing."""
-    module = torch.jit.load(str(model_path), map_location="cpu").eval()
+    module = load_torchscript(model_path).eval()
     if is_length_aware(module):
         return TrimDecision(True, "the model trims its own padding")
     fields = len(text.fields)

@@ -1,5 +1,9 @@
 """Is a ``model.pt`` a probability model? Checked at import and at build.
 
+``check_bundle_model`` is what ``tce build`` asks before it writes anything: the file
+loads (``tce.models.loading``: a damaged one is one line naming it) and its outputs are
+probabilities.
+
 The forward contract returns every task's class probabilities side by side. A model
 that returns logits would be served as if they were probabilities: calibration tables
 clamp them, labels still look plausible, and nothing fails. So on sample inputs each
@@ -13,6 +17,8 @@ import numpy as np
 import torch
 
 from tce.models.length_trim import run_numpy, sample_batches
+from tce.models.loading import load_torchscript
+from tce_backends.bundle import MODEL_FILE, Bundle
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec, task_columns, total_classes
 from tce_backends.text import TextPreprocessor
@@ -48,3 +54,9 @@ def check_probabilities(module: torch.jit.ScriptModule, name: str, text: TextPre
                     f"{name}: task {task!r} returns values in [{np.nanmin(probabilities):.3g}, "
                     f"{np.nanmax(probabilities):.3g}] with a row summing to {worst:.3g}: not probabilities "
                     "(logits?); end the forward with a softmax per task")
+
+
+def check_bundle_model(bundle: Bundle) -> None:
+    """The bundle's ``model.pt`` loads and returns probabilities, or one ``UsageError`` line."""
+    check_probabilities(load_torchscript(bundle.model_path), MODEL_FILE, bundle.text,
+                        len(bundle.manifest.features.names), bundle.manifest.tasks)

@@ -9,8 +9,16 @@ ensemble is a chain, and only its first step sees what a caller sends:
     multimodal_model/      python host (config.pbtxt) and libtorch host
                            (configs/libtorch.pbtxt, selected with
                            ``tritonserver --model-config-name=libtorch``), one model.pt
-    calibrator/            python   probabilities -> raw, calibrated, label per task
-    <ensemble>/            ensemble wiring every input and output
+    calibrator/            python   probabilities -> raw, calibrated, label per task, and
+                                    the release that answered (release.json per version)
+    <ensemble>/            ensemble wiring every input and output; pins the current release
+    <ensemble>-release-1/  the same, named for release 1 (callers may name a release)
+    releases.json          the repository's releases (tce.repository.releases)
+
+The repository is built as release 1: each step's version 1, listed in its
+``version_policy`` (``specific``), and ensembles that pin those versions
+(``model_version``). ``tce release add`` adds releases beside it
+(``tce.repository.release_files``).
 
 Both hosts of ``model.pt`` are rendered from one ``StepConfig`` that differs only in
 backend, instance kind and warm-up, so they cannot drift apart. Every step's queue is
@@ -19,6 +27,8 @@ queueing without end.
 """
 from __future__ import annotations
 
+import json
+import py_compile
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,8 +37,9 @@ from typing import Callable, Mapping, Sequence
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from tce.repository.releases import first_release
 from tce_backends.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, Manifest
-from tce_backends.contract import SCHEMA_PARAMETER, TensorSpec
+from tce_backends.contract import RELEASE_INFO_FILE, SCHEMA_PARAMETER, TensorSpec, release_model_name
 from tce_backends.errors import UsageError
 from tce_backends.graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS, EnsembleGraph, ensemble_graph
 from tce_backends.text import TextFieldConfig
@@ -93,10 +104,13 @@ class StepConfig:
     instance_count: int = 1
     parameters: tuple[tuple[str, str], ...] = ()
     warmup: bool = False
+    versions: tuple[int, ...] = ()  # version_policy specific: the versions loaded releases pin
 
     def to_proto(self) -> pb.ModelConfig:
         """Triton's own schema: a misspelt field or enum fails here, at build time."""
         config = pb.ModelConfig(name=self.name, backend=self.backend, max_batch_size=self.max_batch_size)
+        if self.versions:
+            set_versions(config, self.versions)
         _add_tensors(config.input, self.inputs)
         _add_tensors(config.output, self.outputs)
         self.batching.fill(config)
@@ -122,6 +136,7 @@ class EnsembleConfig:
     graph: EnsembleGraph
     max_batch_size: int
     parameters: tuple[tuple[str, str], ...] = ()
+    pins: tuple[tuple[str, int], ...] = ()  # step -> model_version (-1, the latest, for a step not named)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -135,8 +150,9 @@ class EnsembleConfig:
         config = pb.ModelConfig(name=self.name, platform="ensemble", max_batch_size=self.max_batch_size)
         _add_tensors(config.input, self.inputs)
         _add_tensors(config.output, self.outputs)
+        pins = dict(self.pins)
         for node in self.graph.steps:
-            step = config.ensemble_scheduling.step.add(model_name=node.name, model_version=-1)
+            step = config.ensemble_scheduling.step.add(model_name=node.name, model_version=pins.get(node.name, -1))
             step.input_map.update(node.input_map)
             step.output_map.update(node.output_map)
         for key, value in self.parameters:
@@ -189,6 +205,7 @@ class RepositoryConfigs:
     model_libtorch: StepConfig
     calibrator: StepConfig
     ensemble: EnsembleConfig
+    release_ensembles: tuple[EnsembleConfig, ...] = ()
 
     def files(self) -> dict[str, str]:
         """Relative path -> config text."""
@@ -198,19 +215,49 @@ class RepositoryConfigs:
             f"{MULTIMODAL_MODEL}/configs/{LIBTORCH_CONFIG_NAME}.pbtxt": self.model_libtorch.render(),
             f"{CALIBRATOR}/config.pbtxt": self.calibrator.render(),
             f"{self.ensemble.name}/config.pbtxt": self.ensemble.render(),
+            **{f"{e.name}/config.pbtxt": e.render() for e in self.release_ensembles},
         }
 
 
+# -- configs of releases: version policies and pins ------------------------------------
+
+def set_versions(config: pb.ModelConfig, versions: Sequence[int]) -> pb.ModelConfig:
+    """``config`` serves exactly ``versions`` (Triton's version_policy ``specific``)."""
+    config.version_policy.Clear()
+    config.version_policy.specific.versions.extend(sorted(set(versions)))
+    return config
+
+
+def pin_ensemble(config: pb.ModelConfig, name: str, steps: Mapping[str, int]) -> pb.ModelConfig:
+    """A copy of the ensemble ``config`` named ``name``, each step pinned to ``steps[step]``."""
+    pinned = pb.ModelConfig()
+    pinned.CopyFrom(config)
+    pinned.name = name
+    for step in pinned.ensemble_scheduling.step:
+        step.model_version = steps[step.model_name]
+    return pinned
+
+
+def read_config(path: Path) -> pb.ModelConfig:
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), pb.ModelConfig())
+
+
+def render_config(config: pb.ModelConfig) -> str:
+    return _render(config)
+
+
 def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
-                 options: RepositoryOptions = RepositoryOptions()) -> RepositoryConfigs:
-    """Every config of the repository, from the one ``EnsembleGraph`` of this bundle."""
+                 options: RepositoryOptions = RepositoryOptions(), version: int = 1) -> RepositoryConfigs:
+    """Every config of the repository as release 1 (each step's ``version``), from the one
+    ``EnsembleGraph`` of this bundle."""
     graph = ensemble_graph(manifest, text_fields)
     batch = options.max_batch_size
     timeout_us = options.queue_timeout_ms * 1000
 
     def step(name: str, batching: Batching, **settings: object) -> StepConfig:
         node = graph.node(name)
-        return StepConfig(name, "python", node.inputs, node.outputs, batch, batching, **settings)  # type: ignore[arg-type]
+        return StepConfig(name, "python", node.inputs, node.outputs, batch, batching,  # type: ignore[arg-type]
+                          versions=(version,), **settings)
 
     preprocessor = step(PREPROCESSOR, Batching(0, options.max_queue_size, timeout_us, one_request_per_execution=True),
                         instance_count=options.preprocessor_instances)
@@ -221,9 +268,11 @@ def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
     model_libtorch = replace(model_python, backend="pytorch", instance_kind="KIND_GPU", warmup=True,
                              parameters=(("INFERENCE_MODE", "true"), ("DISABLE_OPTIMIZED_EXECUTION", "false")))
     calibrator = step(CALIBRATOR, Batching(options.python_queue_delay_us, options.max_queue_size, timeout_us))
+    pins = tuple((name, version) for name in STEP_KINDS)
     ensemble = EnsembleConfig(options.ensemble_name, graph, batch,
-                              parameters=((SCHEMA_PARAMETER, schema_for(manifest).to_json()),))
-    return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble)
+                              parameters=((SCHEMA_PARAMETER, schema_for(manifest).to_json()),), pins=pins)
+    first = replace(ensemble, name=release_model_name(options.ensemble_name, 1))
+    return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble, (first,))
 
 
 SHELL_MARKER = "from tce_backends.triton.models import"
@@ -234,10 +283,17 @@ def model_py_source(step: str) -> str:
             f"{SHELL_MARKER} {MODEL_PY[step]} as TritonPythonModel  # noqa: F401\n")
 
 
-def write_step_version(bundle: Bundle, step: str, version_dir: Path) -> None:
-    """One step's version directory: the model.py shell, the manifest and the step's bundle parts."""
+def write_step_version(bundle: Bundle, step: str, version_dir: Path, release: Mapping[str, object] | None = None
+                       ) -> None:
+    """One step's version directory: the model.py shell, the manifest and the step's bundle parts;
+    the calibrator's also ``release.json`` (``release``: its release number and model fingerprint)."""
     version_dir.mkdir(parents=True)
+    if step == CALIBRATOR and release is not None:
+        write_release_info(version_dir, release)
     (version_dir / "model.py").write_text(model_py_source(step), encoding="utf-8")
+    # Compiled now, so that the stub's import writes nothing: Triton takes a changed file time in a
+    # model's directory for a changed model and would reload it at the next explicit load.
+    py_compile.compile(str(version_dir / "model.py"), doraise=True)
     shutil.copyfile(bundle.root / MANIFEST_FILE, version_dir / MANIFEST_FILE)
     for part in STEP_ARTIFACTS[step]:
         source = bundle.root / part
@@ -245,6 +301,21 @@ def write_step_version(bundle: Bundle, step: str, version_dir: Path) -> None:
             shutil.copytree(source, version_dir / part)
         elif source.exists():
             shutil.copyfile(source, version_dir / part)
+
+
+def write_release_info(version_dir: Path, release: Mapping[str, object]) -> None:
+    (version_dir / RELEASE_INFO_FILE).write_text(json.dumps(dict(release), indent=1) + "\n", encoding="utf-8")
+
+
+def release_info(number: int, bundle: str, model_fingerprint: str) -> dict[str, object]:
+    return {"release": number, "bundle": bundle, "model_fingerprint": model_fingerprint}
+
+
+def calibration_problem(bundle: Bundle) -> None:
+    """Refuse (one line) a bundle whose calibration records another model than its model.pt."""
+    problem = bundle.calibration_model_problem()
+    if problem:
+        raise UsageError(problem)
 
 
 def _written_by_tce(model_dir: Path) -> bool:
@@ -271,6 +342,19 @@ def _remove_stale(out: Path, models: set[str], version: int) -> list[str]:
     return removed
 
 
+def prepare_model(bundle: Bundle, model_path: Path, say: Callable[[str], None]) -> None:
+    """Check the copied ``model.pt`` returns probabilities, and wrap it to trim padding when a
+    check shows the same outputs (``tce.models.length_trim``); ``say`` hears how."""
+    import torch  # only here: building the configs needs no torch
+
+    from tce.models.length_trim import make_length_aware
+    from tce.models.model_check import check_probabilities
+
+    check_probabilities(torch.jit.load(str(model_path), map_location="cpu"), MODEL_FILE, bundle.text,
+                        len(bundle.manifest.features.names), bundle.manifest.tasks)
+    say(make_length_aware(model_path, bundle.text, len(bundle.manifest.features.names)).describe())
+
+
 def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions = RepositoryOptions(),
                      version: int = 1, say: Callable[[str], None] = lambda _: None) -> Path:
     """Write configs, model.py shells and each step's artifacts, so that the repository
@@ -279,26 +363,23 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
     else are left alone. A ``model.pt`` that does not trim its own padding is wrapped
     when a check shows the same outputs (``tce.models.length_trim``); ``say`` hears how."""
     out = Path(out)
-    configs = make_configs(bundle.manifest, bundle.text.fields, options)
+    calibration_problem(bundle)
+    configs = make_configs(bundle.manifest, bundle.text.fields, options, version)
     _remove_stale(out, {*STEP_ARTIFACTS, options.ensemble_name}, version)
     for relative, text in configs.files().items():
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    model_fingerprint = bundle.model_fingerprint()
     for step in STEP_ARTIFACTS:
         version_dir = out / step / str(version)
         if version_dir.exists():
             shutil.rmtree(version_dir)
-        write_step_version(bundle, step, version_dir)
-    import torch  # only here: building the configs needs no torch
-
-    from tce.models.length_trim import make_length_aware
-    from tce.models.model_check import check_probabilities
-
-    model_path = out / MULTIMODAL_MODEL / str(version) / MODEL_FILE
-    check_probabilities(torch.jit.load(str(model_path), map_location="cpu"), MODEL_FILE, bundle.text,
-                        len(bundle.manifest.features.names), bundle.manifest.tasks)
-    say(make_length_aware(model_path, bundle.text, len(bundle.manifest.features.names)).describe())
-    (out / options.ensemble_name / str(version)).mkdir(parents=True, exist_ok=True)
-    (out / options.ensemble_name / str(version) / ".gitkeep").touch()
+        write_step_version(bundle, step, version_dir, release_info(1, bundle.manifest.name, model_fingerprint))
+    prepare_model(bundle, out / MULTIMODAL_MODEL / str(version) / MODEL_FILE, say)
+    for ensemble in (configs.ensemble, *configs.release_ensembles):
+        (out / ensemble.name / "1").mkdir(parents=True, exist_ok=True)
+        (out / ensemble.name / "1" / ".gitkeep").touch()
+    first_release(options.ensemble_name, bundle.manifest.name, bundle.fingerprint(), bundle.calibrator.version,
+                  model_fingerprint, version).save(out)
     return out

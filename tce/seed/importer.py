@@ -38,6 +38,7 @@ import numpy as np
 from tce.seed.errors import SeedImportError
 from tce_backends.bundle import Bundle, Manifest
 from tce_backends.calibration import Calibrator, LookupTable, TaskCalibration
+from tce_backends.errors import BundleError
 from tce_backends.features import FeatureLayout
 from tce_backends.tabular import RiskTable, TabularPreprocessor
 from tce_backends.tasks import TaskSpec
@@ -421,12 +422,12 @@ def import_seed(source: Path | str, destination: Path | str, name: str | None = 
 
 def _check_model(path: Path, expected_inputs: int) -> Any:
     """The loaded TorchScript model, once its forward takes ``expected_inputs`` tensors."""
-    import torch
+    from tce.models.loading import load_torchscript
 
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        raise SeedImportError("model.pt", f"not a loadable TorchScript model: {exc}") from None
+        module = load_torchscript(path)
+    except BundleError as exc:
+        raise SeedImportError("model.pt", exc.problem) from None
     arguments = [a for a in module.forward.schema.arguments if a.name != "self"]
     if len(arguments) != expected_inputs:
         raise SeedImportError("model.pt", f"forward takes {len(arguments)} tensors, expected {expected_inputs} "

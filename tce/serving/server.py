@@ -507,7 +507,8 @@ def _start_gateway(config: "GatewayConfig", supervised: list[_Supervised], opera
 
     triton_key = supervised[0].server.admin_key
     front = Gateway(tuple(Replica(r.server.config.http_url, r.server.config.grpc_url) for r in supervised), config,
-                    default_model=default_model, admin_key=operator_key or triton_key, triton_admin_key=triton_key)
+                    default_model=default_model, admin_key=operator_key or triton_key, triton_admin_key=triton_key,
+                    repository=supervised[0].server.config.model_repository)  # releases.json: canary, shadow
     try:
         front.start()
     except GatewayError as error:
@@ -545,6 +546,8 @@ class _Supervisor:
             if self.front is not None:
                 for part in self.front.check():
                     self.print_(f"tce serve: the gateway's {part} stopped; started it again")
+                for line in self.front.door_lines():  # shadow and canary counts, releases.json problems
+                    self.print_(line)
             for replica in self.supervised:
                 problem = replica.problem(self.watchdog)
                 if problem and not self.stopping():

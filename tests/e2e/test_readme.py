@@ -49,10 +49,11 @@ def test_every_block_says_how_it_runs():
         first = match.group("code").splitlines()[0]
         assert how is not None, f"README block without a readme-test marker: {first!r}"
         kind, _, why = how.partition(":")
-        assert kind in ("served", "gateway", "here", "walkthrough", "not here"), how
+        assert kind in ("served", "gateway", "here", "walkthrough", "releases", "not here"), how
         if kind == "not here":
             assert len(why.strip()) > 20 and "test" in why, f"say why and what tests it instead: {how!r}"
     assert len(blocks("walkthrough")) == 1 and (REPO_ROOT / "tests/e2e/test_walkthrough.py").is_file()
+    assert len(blocks("releases")) == 1 and (REPO_ROOT / "tests/e2e/test_releases.py").is_file()
     assert len(blocks("served")) >= 3 and len(blocks("here")) >= 2
 
 

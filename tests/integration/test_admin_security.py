@@ -155,15 +155,15 @@ def test_publish_refuses_other_classes_and_tables_outside_the_unit_interval(expl
 
 def test_a_version_the_server_cannot_load_is_removed_again(explicit_server, bimodal_bundle, tmp_path, monkeypatch):
     """The server refuses it (here: a model.py that fails to start); the next start must not trip on it."""
-    import tce.jobs.calibrate as calibrate
+    import tce.repository.release_files as release_files
 
-    real = calibrate.write_step_version
+    real = release_files.write_step_version
 
-    def broken(bundle, step, version_dir):
-        real(bundle, step, version_dir)
+    def broken(bundle, step, version_dir, release=None):
+        real(bundle, step, version_dir, release)
         (version_dir / "model.py").write_text("raise RuntimeError('broken on purpose')\n", encoding="utf-8")
 
-    monkeypatch.setattr(calibrate, "write_step_version", broken)
+    monkeypatch.setattr(release_files, "write_step_version", broken)
     repository = explicit_server.config.model_repository
     before = sorted(p.name for p in (repository / "calibrator").iterdir())
     with pytest.raises(ValueError, match="removed again"):

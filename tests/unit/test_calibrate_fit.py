@@ -38,6 +38,7 @@ def test_fit_writes_tables_that_improve_calibration(bimodal_bundle, predictions_
     assert calibrator.version == f"fit-test@{calibrator.fingerprint()}"
     loaded = Bundle.load(bundle_dir).calibrator
     assert loaded.version == calibrator.version
+    assert loaded.model_fingerprint == Bundle.load(bundle_dir).model_fingerprint()  # fitted for this model.pt
     assert loaded.calibrations["abuse"].method == "binary"
     assert loaded.calibrations["reason"].method == "multiclass"
     assert loaded.calibrations["abuse"].tables[1].x.size == 500

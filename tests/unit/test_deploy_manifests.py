@@ -258,8 +258,12 @@ def test_shm_probes_secret_and_repository_follow_compose_and_the_image(layout):
                         ("livenessProbe", "/v2/health/live")):
         assert triton[probe]["httpGet"] == {"path": path, "port": gateway_http}
         assert DISCOVERY.match(path)
-    # the gateway needs no files from outside its image
-    assert "volumeMounts" not in _gateway(pod)
+    # the gateway reads only the repository's releases.json (canary and shadow traffic): the
+    # same claim, read-only, where its --repository points
+    gateway_mounts = _gateway(pod)["volumeMounts"]
+    gateway_repository = next(a.split("=", 1)[1] for a in _gateway(pod)["args"] if a.startswith("--repository="))
+    assert gateway_mounts == [{"name": mounts[repository], "mountPath": gateway_repository, "readOnly": True}]
+    assert any(v.endswith(f":{gateway_repository}:ro") for v in compose()["services"]["gateway"]["volumes"])
 
 
 def test_autoscaling_queries_name_what_the_builder_serves():

@@ -73,12 +73,13 @@ def test_only_the_gateway_faces_callers_and_everything_binds_loopback_by_default
 def test_gateway_is_the_front_door_image_in_front_of_triton():
     gateway = SERVICES["gateway"]
     assert gateway["build"]["target"] == "gateway" and gateway["image"].startswith("tce-gateway:")
-    assert "volumes" not in gateway, "the gateway needs nothing from outside its image"
     from tce_gateway.__main__ import parser
 
     args = parser().parse_args([re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", a) for a in gateway["command"]])
     assert [(r.http, r.grpc) for r in args.triton] == [("triton:8000", "triton:8001")]
     assert (args.http_port, args.grpc_port, args.address) == (8000, 8001, "0.0.0.0")
+    # nothing from outside its image but the repository Triton serves, read-only, for releases.json
+    assert gateway["volumes"] == [f"{SERVICES['triton']['volumes'][0].split(':')[0]}:{args.repository}:ro"]
 
 
 @pytest.mark.parametrize("name", ["triton", "triton-cpu"])

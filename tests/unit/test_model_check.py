@@ -41,6 +41,8 @@ def test_logits_and_a_wrong_width_stop_the_build(binary_bundle, tmp_path):
         root = tmp_path / f"bundle{width}"
         shutil.copytree(binary_bundle.root, root)
         _save(Logits(features, width), root / "model.pt")
+        # tables fitted for no model in particular: the build takes them
+        Bundle.load(root).calibrator.save(root / "calibration", model_fingerprint="")
         with pytest.raises(NotProbabilitiesError, match=message):
             write_repository(Bundle.load(root), tmp_path / f"repository{width}")
 

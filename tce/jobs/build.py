@@ -1,0 +1,42 @@
+"""``tce build``: the repository changes whole or not at all.
+
+The bundle's model is loaded and checked before anything is written (a damaged
+``model.pt`` is one line naming it). The repository is then written into a staging copy
+of itself (models of anyone else in it survive) and swapped into place
+(``tce.lib.staging``), under the repository's lock: a failure or a kill at any point
+leaves the repository byte for byte as it was, and a server started on it serves what
+it served before.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from tce.lib.staging import LOCK_TIMEOUT_S, repository_lock, staged_directory
+from tce.models.model_check import check_bundle_model
+from tce.repository import builder
+from tce.repository.builder import RepositoryOptions
+from tce_backends.bundle import Bundle
+from tce_backends.errors import UsageError
+
+
+def build(bundle_dir: Path | str, out: Path | str, options: RepositoryOptions | None = None,
+          say: Callable[[str], None] = lambda _: None, lock_timeout_s: float = LOCK_TIMEOUT_S) -> tuple[Bundle, Path]:
+    """Check the bundle, then write its repository at ``out`` in one swap; returns the bundle and ``out``."""
+    bundle = Bundle.load(bundle_dir)
+    check_bundle_model(bundle)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a model repository directory")
+    if os.path.ismount(out):
+        raise UsageError(f"--out {out} is a mount point, which cannot be swapped whole: build into a directory "
+                         "inside it, or elsewhere and copy it there")
+    with repository_lock(out, lock_timeout_s, command=f"tce build {bundle.root}"):
+        try:
+            with staged_directory(out, copy_existing=True) as staging:
+                builder.write_repository(bundle, staging, options or RepositoryOptions(), say=say)
+        except OSError as error:  # a full disk, a read-only directory: the repository is as it was
+            raise UsageError(f"cannot write {out}: {error.strerror or error} ({error.filename or out}); "
+                             "the repository was left as it was") from None
+    return bundle, out
