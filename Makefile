@@ -54,7 +54,8 @@ build: $(MODEL)
 # Rebuilt when any file of the bundle changes (`tce calibrate fit` rewrites its calibration), and
 # when the builder changes too: a repository of an earlier layout must not linger.
 BUNDLE_FILES = $(shell find $(BUNDLE) -type f 2>/dev/null)
-$(MODEL): $(BUNDLE)/manifest.json $(BUNDLE_FILES) tce/repository/builder.py tce/models/length_trim.py \
+$(MODEL): $(BUNDLE)/manifest.json $(BUNDLE_FILES) tce/repository/builder.py tce/repository/host_sizing.py \
+          tce/models/length_trim.py \
           $(wildcard python_backends/tce_backends/*.py)
 	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
 
@@ -75,7 +76,14 @@ serve: build
 # Served ensemble vs model.pt in process vs fixed padding, in one run (docs/performance.md).
 bench: build
 	$(BIN)/tce benchmark --repository $(REPOSITORY) --out artifacts/benchmark.json
+	$(BIN)/tce benchmark --instant-model --repository $(REPOSITORY) --out artifacts/benchmark_instant.json
 	$(BIN)/python -m benchmarks.gateway --repository $(REPOSITORY)
+
+# The model step on CUDA: served == reference (HTTP and gRPC), CUDA placement confirmed, then the
+# benchmark; refuses in one line without a CUDA device (docs/performance.md, "GPU check").
+.PHONY: gpu-check
+gpu-check: build
+	$(BIN)/python -m benchmarks.gpu_check --repository $(REPOSITORY) --bundle $(BUNDLE)
 
 # Lint first: pyflakes, pycodestyle, import order, bugbear and a complexity cap ([tool.ruff]).
 lint: $(STAMP)

@@ -10,6 +10,12 @@
 #   TCE_WATCH_INTERVAL   seconds between canary inferences (default 10; 0: no watchdog)
 #   TCE_CANARY_URL       where the watchdog reaches Triton's HTTP endpoint (default localhost:8000)
 #   TCE_MAX_RESTARTS     restarts within 10 minutes before the container gives up (default 5)
+#   TCE_HOST_CPUS, TCE_HOST_GPUS   this container's cores and GPUs, where it cannot see them itself
+#                        (a pod without a CPU limit sees the node); TCE_SIZING_CHECK=0 skips the check
+#
+# At start, the repository's instance counts (host_sizing.json, written by `tce build`) are
+# compared with what the same rule (/opt/tce/host_sizing.py) gives this container: a repository
+# sized for another host still serves, with a warning naming the `tce build` that fits.
 #
 # SageMaker starts a container as `docker run IMAGE serve`: Triton then listens on loopback
 # only and the gateway (nginx + the checking door, tce_gateway) answers SageMaker's GET /ping
@@ -60,6 +66,15 @@ if [ "${#key}" -lt 16 ]; then
     exit 64
 fi
 restricted="model-repository,shared-memory,logging,trace:tce-admin-key=$key"
+
+sizing_script="${TCE_SIZING_SCRIPT:-/opt/tce/host_sizing.py}"
+if [ "${TCE_SIZING_CHECK:-1}" != "0" ] && [ -r "$sizing_script" ]; then
+    for arg in "$@"; do
+        case "$arg" in
+            --model-repository=*) python3 "$sizing_script" check "${arg#--model-repository=}" || true ;;
+        esac
+    done
+fi
 
 server=""
 watchdog=""

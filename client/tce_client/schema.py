@@ -122,15 +122,16 @@ class EnsembleSchema:
         """
         return self._encode(records, allow_missing_fields, _Problems(collect=False))
 
-    def encode_valid(self, records: Records, allow_missing_fields: bool = False
+    def encode_valid(self, records: Records, allow_missing_fields: bool = False, warn_unused: bool = True
                      ) -> tuple[dict[str, np.ndarray], list[RecordError]]:
         """As ``encode``, but a record with a bad value (a number that does not parse, text
         that is not text) is left out instead of failing them all: returns the input arrays
         of the other records, in order, and each left-out record's first problem (its
         ``index`` is the record's position in ``records``). A field absent from every
-        record is still an error."""
+        record is still an error. ``warn_unused=False``: the caller reported the unused
+        columns itself (a warnings filter is process-wide, so threads cannot scope one)."""
         problems = _Problems(collect=True)
-        inputs = self._encode(records, allow_missing_fields, problems)
+        inputs = self._encode(records, allow_missing_fields, problems, warn_unused)
         if not problems.found:
             return inputs, []
         rows = next(iter(inputs.values())).shape[0]
@@ -139,7 +140,8 @@ class EnsembleSchema:
         return {name: values[keep] for name, values in inputs.items()}, \
             [problems.found[index] for index in sorted(problems.found)]
 
-    def _encode(self, records: Records, allow_missing_fields: bool, problems: "_Problems") -> dict[str, np.ndarray]:
+    def _encode(self, records: Records, allow_missing_fields: bool, problems: "_Problems", warn_unused: bool = True
+                ) -> dict[str, np.ndarray]:
         table = _RecordTable.of(records)
         if table.rows == 0:
             raise RecordError(None, "records", "no records to encode")
@@ -153,7 +155,7 @@ class EnsembleSchema:
             inputs[self.inputs["categorical"]] = np.stack(
                 [_strings(table, f, False, problems) for f in self.categorical_features], axis=1)
         unknown = self.check_fields(table.names, allow_missing_fields)
-        if unknown:
+        if unknown and warn_unused:
             warnings.warn(UnusedColumnsWarning(f"columns the model does not take were left out: {', '.join(unknown)}"),
                           stacklevel=4)
         return inputs

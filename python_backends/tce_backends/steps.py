@@ -232,6 +232,10 @@ class CalibratorStep:
                              for t in calibrator.tasks}
         self._version = calibrator.version.encode()
         self._release = release.encode()
+        # The version and release columns are the same for every row: built once at the largest
+        # batch seen and handed out as row slices (views), not np.full per execution.
+        self._constant_rows = 0
+        self._constants: dict[str, np.ndarray] = {}
 
     @staticmethod
     def _output_specs(tasks: Sequence[Any]) -> tuple[TensorSpec, ...]:
@@ -283,13 +287,21 @@ class CalibratorStep:
         for task in self.calibrator.tasks:
             raw, calibrated, label = contract.task_output_names(task.name)
             out[raw] = result.raw[task.name].astype(np.float32, copy=False)
-            out[calibrated] = result.calibrated[task.name].astype(np.float32)
+            out[calibrated] = result.calibrated[task.name].astype(np.float32, copy=False)
             out[label] = self._class_names[task.name][result.labels[task.name]][:, None]
-        batch = probabilities.shape[0]
-        out[contract.CALIBRATION_VERSION] = np.full((batch, 1), self._version, dtype=np.object_)
+        out.update(self._constant_columns(probabilities.shape[0]))
         out[contract.CALIBRATION_FALLBACK] = result.fallback
-        out[contract.RELEASE] = np.full((batch, 1), self._release, dtype=np.object_)
         return out
+
+    def _constant_columns(self, batch: int) -> Tensors:
+        """The version and release columns for ``batch`` rows: read-only views of cached arrays."""
+        if batch > self._constant_rows:
+            self._constant_rows = max(batch, 64)
+            for name, value in ((contract.CALIBRATION_VERSION, self._version), (contract.RELEASE, self._release)):
+                column = np.full((self._constant_rows, 1), value, dtype=np.object_)
+                column.flags.writeable = False  # shared by every response: nobody may change it in place
+                self._constants[name] = column
+        return {name: column[:batch] for name, column in self._constants.items()}
 
 
 def read_release_info(version_dir: Path) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ repository, or its ``multimodal_model/1/model.pt``), ``--batch_size`` (one in-pr
 ``--num_inference_samples`` (records in the mix), ``--device`` (in-process only: the server places
 the served model), ``--model_name``, ``--split``, ``--fold``, ``--num_folds`` (they name and place
 ``test_metrics.json``) and ``--image_size`` (ignored, with a note: records are text and tabular).
+``--instant-model`` runs ``tce.jobs.instant`` instead (issue 25: the CPU side of serving).
 """
 from __future__ import annotations
 
@@ -35,9 +36,31 @@ def configs(args: argparse.Namespace) -> tuple["BenchmarkConfig", "SeedLayout"]:
     return config, layout
 
 
+def _instant(args: argparse.Namespace) -> int:
+    """``--instant-model``: the CPU side of serving with a model that costs nothing (issue 25's table)."""
+    import tempfile
+
+    from tce.jobs.benchmark import repository_of
+    from tce.jobs.instant import InstantConfig, format_instant, run_instant, write_instant_json
+
+    if args.grpc_url:
+        print("note: --grpc-url is ignored with --instant-model: it serves its own copy of the repository")
+    config = InstantConfig(repository_of(args.repository), records=args.records,
+                           long_thread_share=args.long_thread_share, seconds=args.seconds,
+                           concurrency=max(args.concurrency))
+    with tempfile.TemporaryDirectory(prefix="tce-instant-") as work:
+        result = run_instant(config, Path(work))
+    print("\n" + format_instant(result, config))
+    write_instant_json(result, config, args.out)
+    print(f"\nfigures written to {args.out}")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from tce.jobs.benchmark import format_quality, format_report, run_benchmark, write_json, write_seed_layout
 
+    if args.instant_model:
+        return _instant(args)
     config, layout = configs(args)
     if args.image_size is not None:
         print(f"note: --image_size {args.image_size} is ignored: the ensemble reads text and tabular records")
@@ -68,6 +91,10 @@ def add(commands: Commands) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency level")
     p.add_argument("--device", default="auto", help="in-process device: auto, cpu, cuda, cuda:N or mps; the served "
                    "ensemble runs where the server puts it")
+    p.add_argument("--instant-model", action="store_true",
+                   help="serve a copy whose model.pt is a constant module of the same signature, and compare the "
+                   "served steps with the same steps in process on one core (single-record requests at the "
+                   "highest --concurrency, 64-record requests, a lone request's p50)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmark.json"), help="JSON figures")
     seed = p.add_argument_group("seed 004 (test_metrics.json)")
     seed.add_argument("--labelled", type=Path, default=None, help="labelled records (CSV, TSV or Parquet, e.g. from "

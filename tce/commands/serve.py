@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
                           "2.51 (docs/security.md); add --gateway to serve through the checking gateway")
     else:
         http_port, grpc_port, host = args.http_port, args.grpc_port, args.host
+    _say_if_sized_for_another_host(args.repository)
     operator_key = read_admin_key(args.admin_key_file)
     config = ServerConfig(args.repository, http_port, grpc_port, args.metrics_port, host=host,
                           model_control_mode=args.model_control_mode, load_models=tuple(args.load_model),
@@ -42,6 +43,18 @@ def _serve(args: argparse.Namespace) -> int:
     watchdog = Watchdog(interval_s=args.watch_interval, max_restarts=args.max_restarts)
     return serve_forever(config, log_path=args.log, watchdog=watchdog, print_=lambda line: print(line, flush=True),
                          gateway=gateway, replicas=args.replicas, operator_key=operator_key, default_model=args.model)
+
+
+def _say_if_sized_for_another_host(repository: Path) -> None:
+    """One line when ``tce build`` sized the repository for another host (it still serves)."""
+    from tce.repository.host_sizing import SizingError, detect_host, mismatch
+
+    try:
+        line = mismatch(repository, detect_host(use_torch=False))
+    except SizingError as error:
+        line = f"tce: {error}"
+    if line:
+        print(line, flush=True)
 
 
 def add(commands: Commands) -> None:

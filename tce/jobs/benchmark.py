@@ -263,16 +263,20 @@ class InProcessModel:
 class ServedEnsemble:
     """Raw ``tritonclient.grpc.aio`` requests, built before timing starts."""
 
-    def __init__(self, grpc_url: str, model: str, schema: EnsembleSchema, records: list[dict[str, Any]]) -> None:
+    def __init__(self, grpc_url: str, model: str, schema: EnsembleSchema, records: list[dict[str, Any]],
+                 rows: int = 1) -> None:
+        """``rows`` records per request: request ``i`` carries records ``i*rows ..`` of the mix, wrapping."""
         import tritonclient.grpc.aio as grpcclient
         from tritonclient.utils import np_to_triton_dtype
 
         self.client = grpcclient.InferenceServerClient(grpc_url)
         self.model = model
+        self.rows = rows
         self.requests = []
-        for record in records:
+        for start in range(0, len(records), rows):
             inputs = []
-            for name, array in schema.encode([record], allow_missing_fields=True).items():
+            chunk = [records[(start + i) % len(records)] for i in range(rows)]
+            for name, array in schema.encode(chunk, allow_missing_fields=True).items():
                 tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
                 tensor.set_data_from_numpy(np.ascontiguousarray(array))
                 inputs.append(tensor)
@@ -295,7 +299,8 @@ class ServedEnsemble:
                 except Exception:  # noqa: BLE001 - refused or failed requests are counted, not fatal
                     timings.errors += 1
                     continue
-                timings.add(latency, latency / concurrency)  # Little's law: time per record at this load
+                # Little's law: time per record at this load
+                timings.add(latency, latency / concurrency / self.rows, self.rows)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

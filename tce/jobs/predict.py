@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import json
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from tce.lib.progress import Progress
 from tce.lib.rejects import Reject, RejectLimit, rejects_name, rejects_table
 from tce.lib.tables import EXTENSIONS, TableSource, Undecodable, read_frame, write_table_text
 from tce_backends.errors import TceError, UsageError
-from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, ClientError, RecordError, UnusedColumnsWarning
+from tce_client import DEFAULT_MODEL, AsyncCalibratedClassifierClient, ClientError, RecordError
 from tce_client.client import batch_slices
 from tce_client.columns import probability_columns
 from tce_client.results import output_column_names, output_columns
@@ -315,9 +314,9 @@ class _Runner:
         inputs = None
         if readable.size:
             frame = (table.take(readable) if bad else table).select(self.model_columns).to_pandas()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UnusedColumnsWarning)  # noted once, before the first chunk
-                inputs, problems = schema.encode_valid(frame, allow_missing_fields=self.job.allow_missing_columns)
+            # unused columns are noted once, before the first chunk
+            inputs, problems = schema.encode_valid(frame, allow_missing_fields=self.job.allow_missing_columns,
+                                                   warn_unused=False)
             for problem in problems:
                 row = int(readable[problem.index])
                 bad[row] = Reject(offset + row, problem.field, problem.problem)

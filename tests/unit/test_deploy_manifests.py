@@ -55,7 +55,8 @@ def compose() -> dict[str, Any]:
 
 def _merge(base: Any, patch: Any) -> Any:
     """Strategic merge as kustomize does it for these files: maps merge, lists of named
-    maps merge by name, other lists are replaced."""
+    maps merge by name (the patch's items first, in its order, then the base's others), other
+    lists are replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         merged = dict(base)
         for key, value in patch.items():
@@ -63,15 +64,10 @@ def _merge(base: Any, patch: Any) -> Any:
         return merged
     if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i
                                                                    for i in base + patch):
-        merged_list = [copy.deepcopy(i) for i in base]
-        names = [i["name"] for i in merged_list]
-        for item in patch:
-            if item["name"] in names:
-                index = names.index(item["name"])
-                merged_list[index] = _merge(merged_list[index], item)
-            else:
-                merged_list.append(copy.deepcopy(item))
-        return merged_list
+        by_name = {i["name"]: i for i in base}
+        patched = [_merge(by_name[i["name"]], i) if i["name"] in by_name else copy.deepcopy(i) for i in patch]
+        named = {i["name"] for i in patch}
+        return patched + [copy.deepcopy(i) for i in base if i["name"] not in named]
     return copy.deepcopy(patch)
 
 
@@ -204,8 +200,9 @@ def _gateway(pod: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _env(container_spec: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container_spec.get("env", [])}
+def _env(container_spec: dict[str, Any]) -> dict[str, Any]:
+    """name -> value, or the ``valueFrom`` source for a value Kubernetes fills in."""
+    return {e["name"]: e["value"] if "value" in e else e["valueFrom"] for e in container_spec.get("env", [])}
 
 
 def _compose_value(text: str) -> str:
@@ -299,3 +296,30 @@ def test_the_sharded_batch_job_validates_and_runs_one_shard_per_index():
     args = parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in predict["args"]])
     assert (args.command, args.shard, args.url) == ("predict", f"3/{spec['completions']}", "tce-triton:8001")
     assert predict["image"].startswith("tce-batch:")
+
+
+@pytest.mark.parametrize("layout", ["k8s/gpu", "k8s/cpu", "kserve"])
+def test_the_pods_pass_their_shape_to_the_sizing_check(layout):
+    """The entrypoint checks the repository's instance counts against the pod: its CPU request
+    (a pod without a CPU limit sees the whole node) and its GPU limit, under the names the
+    rule's file reads; docs/scaling.md builds the claim's repository for the GPU pod's shape."""
+    from tce.repository.host_sizing import CPUS_ENV, GPUS_ENV
+
+    pod, _ = _pod_specs()[layout]
+    triton = container(pod, "triton")
+    env = _env(triton)
+    assert env[CPUS_ENV] == {"resourceFieldRef": {"containerName": "triton", "resource": "requests.cpu"}}
+    gpus = int(triton["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+    assert env[GPUS_ENV] == str(gpus)
+    if layout == "k8s/gpu":
+        cpus = int(triton["resources"]["requests"]["cpu"])
+        scaling = (REPO_ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
+        assert f"--host-cpus {cpus} --host-gpus {gpus}" in scaling
+
+
+def test_compose_passes_the_reserved_gpus_to_the_sizing_check():
+    from tce.repository.host_sizing import GPUS_ENV
+
+    triton = compose()["services"]["triton"]
+    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert triton["environment"][GPUS_ENV] == str(device["count"])

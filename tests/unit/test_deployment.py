@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -276,3 +277,35 @@ def test_the_lock_pins_only_versions_public_pypi_has():
     for line in (REPO_ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():
         if "==" in line:
             assert "+" not in line.split("==")[1], f"{line}: local builds are not on PyPI"
+
+
+def test_the_entrypoint_names_a_repository_sized_for_another_host(tmp_path):
+    """docker/entrypoint.sh runs the builder's rule (the file the Dockerfile copies) on the
+    repository before it starts Triton: a repository sized for 2 cores in a 32-core, 2-GPU
+    container still starts, with the `tce build` that fits. (tritonserver is a stand-in that
+    exits at once: what is checked here is the entrypoint's shell, not Triton.)"""
+    from tce.repository import host_sizing
+    from tce.repository.host_sizing import HostFacts, HostSizing, write_record
+
+    assert "COPY tce/repository/host_sizing.py /opt/tce/host_sizing.py" in _stages()["server"]
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    write_record(repository, HostSizing.for_host(HostFacts(2, 0)))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tritonserver").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    (bin_dir / "tritonserver").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "TCE_ADMIN_KEY": "k" * 32,
+           "TCE_ADMIN_KEY_FILE": str(tmp_path / "none"), "TCE_WATCH_INTERVAL": "0", "TCE_MAX_RESTARTS": "0",
+           "TCE_SIZING_SCRIPT": host_sizing.__file__, "TCE_HOST_CPUS": "32", "TCE_HOST_GPUS": "2"}
+
+    def run(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(REPO_ROOT / "docker" / "entrypoint.sh"), f"--model-repository={repository}"],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    result = run()
+    assert "sized for 2 cpus and 0 GPU(s)" in result.stderr
+    assert "--host-cpus 32 --host-gpus 2" in result.stderr
+    assert "gave up after 0 restarts" in result.stderr  # the server was started all the same
+    assert "sized for" not in run(TCE_HOST_CPUS="2", TCE_HOST_GPUS="0").stderr
+    assert "sized for" not in run(TCE_SIZING_CHECK="0").stderr

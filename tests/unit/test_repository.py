@@ -1,4 +1,5 @@
 """The builder: checked-in configs equal what it writes; both model hosts agree."""
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tce.repository.builder import (
     model_py_source,
     write_repository,
 )
+from tce.repository.host_sizing import SIZING_FILE
 from tce.trainer.training import TrainingConfig, demo_manifest, demo_text_fields
 from tce_backends import graph
 from tce_client import DEFAULT_MODEL
@@ -21,13 +23,23 @@ from tests.conftest import REPO_ROOT
 CHECKED_IN = REPO_ROOT / "model_repository"
 
 
-def demo_configs():
+def demo_configs(options: RepositoryOptions | None = None):
     config = TrainingConfig()
-    return make_configs(demo_manifest(config), demo_text_fields(config))
+    return make_configs(demo_manifest(config), demo_text_fields(config), options or RepositoryOptions())
+
+
+def checked_in_options() -> RepositoryOptions:
+    """What `make build` wrote model_repository/ with: the defaults (the 2-core sizing), or the
+    counts it chose for this host when it recorded one (host_sizing.json, not committed)."""
+    record = CHECKED_IN / SIZING_FILE
+    if not record.is_file():
+        return RepositoryOptions()
+    counts = json.loads(record.read_text(encoding="utf-8"))["counts"]
+    return RepositoryOptions(**{**counts, "model_on_gpu": bool(counts["model_on_gpu"])})
 
 
 def test_checked_in_configs_equal_the_builder_output():
-    for relative, text in demo_configs().files().items():
+    for relative, text in demo_configs(checked_in_options()).files().items():
         path = CHECKED_IN / relative
         assert path.is_file(), f"{relative} is missing from model_repository/: run 'make build' and commit it"
         assert path.read_text(encoding="utf-8") == text, f"{relative} drifted from the builder: rebuild it"
@@ -100,6 +112,16 @@ def test_every_step_has_a_bounded_queue_and_the_entry_step_never_merges_requests
     assert not configs.model_python.batching.one_request_per_execution
 
 
+def test_the_model_steps_batcher_settings_reach_both_hosts_and_only_the_model():
+    options = RepositoryOptions(model_preferred_batch_sizes=(16, 4, 8), model_queue_delay_us=700)
+    configs = demo_configs(options)
+    for host in (configs.model_python, configs.model_libtorch):
+        batching = host.to_proto().dynamic_batching
+        assert (list(batching.preferred_batch_size), batching.max_queue_delay_microseconds) == ([4, 8, 16], 700)
+    assert list(configs.preprocessor.to_proto().dynamic_batching.preferred_batch_size) == [1]
+    assert list(configs.calibrator.to_proto().dynamic_batching.preferred_batch_size) == []
+
+
 def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
     out = write_repository(bimodal_bundle, tmp_path / "repo")
     assert (out / graph.MULTIMODAL_MODEL / "1" / "model.pt").is_file()
@@ -118,6 +140,11 @@ def test_write_repository_lays_out_artifacts(bimodal_bundle, tmp_path: Path):
     ({"preprocessor_instances": 0}, "preprocessor_instances"),
     ({"queue_timeout_ms": 0}, "queue_timeout_ms"),
     ({"model_max_queue_size": 0}, "model_max_queue_size"),
+    ({"calibrator_instances": 0}, "calibrator_instances"),
+    ({"model_instances_per_gpu": 0}, "model_instances_per_gpu"),
+    ({"model_threads": -1}, "model_threads"),
+    ({"model_preferred_batch_sizes": (8, 128)}, "model_preferred_batch_sizes"),
+    ({"model_preferred_batch_sizes": (0,)}, "model_preferred_batch_sizes"),
 ])
 def test_options_are_validated_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
