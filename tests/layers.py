@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = {"tce": REPO_ROOT / "tce", "tce_backends": REPO_ROOT / "python_backends" / "tce_backends",
-                "tce_sagemaker": REPO_ROOT / "python_backends" / "tce_sagemaker",
+                "tce_sagemaker": REPO_ROOT / "sagemaker" / "tce_sagemaker",
                 "tce_client": REPO_ROOT / "client" / "tce_client", "tce_gateway": REPO_ROOT / "gateway" / "tce_gateway"}
 _SERVING = {"tce_backends", "tce_client"}
 _TCE_BELOW_JOBS = {"tce.lib", "tce.models", "tce.trainer", "tce.repository", "tce.seed", "tce.serving"}
