@@ -50,6 +50,9 @@ bundle: $(BUNDLE)/manifest.json
 $(BUNDLE)/manifest.json: $(STAMP) tce/trainer/modeling.py tce/trainer/training.py tce/lib/demo_data.py
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
+# BUILD_OPTIONS: more `tce build` options, e.g. BUILD_OPTIONS=--preprocessor-batching for a
+# repository served behind the gateway alone (docker compose, Kubernetes).
+BUILD_OPTIONS ?=
 build: $(MODEL)
 # Rebuilt when any file of the bundle changes (`tce calibrate fit` rewrites its calibration), and
 # when the builder changes too: a repository of an earlier layout must not linger.
@@ -57,7 +60,7 @@ BUNDLE_FILES = $(shell find $(BUNDLE) -type f 2>/dev/null)
 $(MODEL): $(BUNDLE)/manifest.json $(BUNDLE_FILES) tce/repository/builder.py tce/repository/host_sizing.py \
           tce/models/length_trim.py \
           $(wildcard python_backends/tce_backends/*.py)
-	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY)
+	$(BIN)/tce build $(BUNDLE) --out $(REPOSITORY) $(BUILD_OPTIONS)
 
 # Ports: make serve HTTP_PORT=9000 GRPC_PORT=9001 METRICS_PORT=9002 (make demo picks free ones
 # unless they are given).
@@ -77,6 +80,8 @@ serve: build
 bench: build
 	$(BIN)/tce benchmark --repository $(REPOSITORY) --out artifacts/benchmark.json
 	$(BIN)/tce benchmark --instant-model --repository $(REPOSITORY) --out artifacts/benchmark_instant.json
+	$(BIN)/tce benchmark --instant-model --preprocessor-batching --repository $(REPOSITORY) \
+	    --out artifacts/benchmark_instant_merged.json
 	$(BIN)/python -m benchmarks.gateway --repository $(REPOSITORY)
 
 # The model step on CUDA: served == reference (HTTP and gRPC), CUDA placement confirmed, then the

@@ -47,7 +47,7 @@ def _instant(args: argparse.Namespace) -> int:
         print("note: --grpc-url is ignored with --instant-model: it serves its own copy of the repository")
     config = InstantConfig(repository_of(args.repository), records=args.records,
                            long_thread_share=args.long_thread_share, seconds=args.seconds,
-                           concurrency=max(args.concurrency))
+                           concurrency=max(args.concurrency), preprocessor_batching=args.preprocessor_batching)
     with tempfile.TemporaryDirectory(prefix="tce-instant-") as work:
         result = run_instant(config, Path(work))
     print("\n" + format_instant(result, config))
@@ -95,6 +95,9 @@ def add(commands: Commands) -> None:
                    help="serve a copy whose model.pt is a constant module of the same signature, and compare the "
                    "served steps with the same steps in process on one core (single-record requests at the "
                    "highest --concurrency, 64-record requests, a lone request's p50)")
+    p.add_argument("--preprocessor-batching", action="store_true",
+                   help="with --instant-model: serve the copy with a preprocessor that merges requests, as "
+                        "'tce build --preprocessor-batching' builds it (for a Triton behind the gateway)")
     p.add_argument("--out", type=Path, default=Path("artifacts/benchmark.json"), help="JSON figures")
     seed = p.add_argument_group("seed 004 (test_metrics.json)")
     seed.add_argument("--labelled", type=Path, default=None, help="labelled records (CSV, TSV or Parquet, e.g. from "

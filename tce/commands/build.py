@@ -24,7 +24,11 @@ def _build(args: argparse.Namespace) -> int:
     except SizingError as error:
         raise UsageError(str(error)) from None
     print(sizing.describe())
-    options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size)
+    options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size,
+                                preprocessor_batching=args.preprocessor_batching)
+    if options.preprocessor_batching:
+        print("preprocessor: merges requests; serve it behind the gateway only (a request with broken BYTES "
+              "framing sent to Triton directly would fail the requests merged with it)")
     bundle, out = build(args.bundle, args.out, options, say=print, lock_timeout_s=args.lock_timeout, sizing=sizing)
     print(f"model repository for bundle '{bundle.manifest.name}' written to {out} "
           f"(ensemble '{options.ensemble_name}'; libtorch host: --model-config-name=libtorch)")
@@ -37,6 +41,9 @@ def add(commands: Commands) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write")
     p.add_argument("--ensemble-name", default=DEFAULT_MODEL, help="name clients call the ensemble by")
     p.add_argument("--max-batch-size", type=int, default=64, help="rows per request and per batch, every step")
+    p.add_argument("--preprocessor-batching", action="store_true",
+                   help="let the preprocessor merge requests into one execution (faster under load); only for "
+                        "a Triton that callers reach through the gateway alone (compose, Kubernetes, SageMaker)")
     p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait while another tce command changes the same repository")
     sizing = p.add_argument_group(

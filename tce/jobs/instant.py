@@ -57,6 +57,7 @@ class InstantConfig:
     lone_calls: int = 300          # sequential single-record calls for the p50 row
     seed: int = 0
     cpu: int | None = None         # the core the in-process loop is pinned to (None: the first allowed)
+    preprocessor_batching: bool = False  # serve the copy with a preprocessor that merges requests
 
     def __post_init__(self) -> None:
         if not (Path(self.repository) / MULTIMODAL_MODEL / "1" / MODEL_FILE).is_file():
@@ -111,14 +112,27 @@ def _token_dims(version_dir: Path) -> list[tuple[int, int]]:
     return [(f.max_chunks, f.max_length) for f in TextPreprocessor.load(root / TEXT_DIR).fields]
 
 
-def instant_repository(source: Path, destination: Path) -> Path:
-    """A copy of ``source`` whose model step is the instant model, in every version."""
+def instant_repository(source: Path, destination: Path, preprocessor_batching: bool = False) -> Path:
+    """A copy of ``source`` whose model step is the instant model, in every version; with
+    ``preprocessor_batching`` its preprocessor merges requests (``tce build --preprocessor-batching``)."""
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(MODEL_FILE, "__pycache__"))
     for version_dir in sorted(p for p in (destination / MULTIMODAL_MODEL).iterdir() if p.name.isdigit()):
         write_instant_model(version_dir / MODEL_FILE, Manifest.load(version_dir))
+    if preprocessor_batching:
+        merge_preprocessor_requests(destination)
     return destination
+
+
+def merge_preprocessor_requests(repository: Path) -> None:
+    """The preprocessor's config as ``--preprocessor-batching`` builds it: no ``preferred_batch_size: [1]``."""
+    from tce.repository.builder import read_config, render_config
+
+    path = Path(repository) / PREPROCESSOR / "config.pbtxt"
+    config = read_config(path)
+    del config.dynamic_batching.preferred_batch_size[:]
+    path.write_text(render_config(config), encoding="utf-8")
 
 
 # --- in process, on one core ------------------------------------------------------------------------------------
@@ -253,7 +267,8 @@ def run_instant(config: InstantConfig, work_dir: Path, log: Callable[[str], None
     """Copy the repository with the instant model into ``work_dir``, time in process, then served."""
     from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
-    repository = instant_repository(Path(config.repository), Path(work_dir) / "instant_repository")
+    repository = instant_repository(Path(config.repository), Path(work_dir) / "instant_repository",
+                                    config.preprocessor_batching)
     log(f"instant model written into {repository}; in-process loop on one core ({config.seconds:g} s per row)")
     in_process = run_pinned(config, repository)
     log(f"in process: {in_process['single_rps']:.0f} single rec/s, {in_process['batch_rps']:.0f} rec/s in "
@@ -270,8 +285,9 @@ def _judge(value: float, comparison: str, target: float) -> str:
 
 def format_instant(result: InstantResult, config: InstantConfig) -> str:
     p, s, r = result.in_process, result.served, result.ratios()
+    merging = "merges requests" if config.preprocessor_batching else "one request per execution"
     lines = ["instant model: served (embedded Triton, gRPC, async load generator) vs the same steps in process "
-             "on one core", f"  {'load':<44}{'served':>14}{'in process':>14}{'ratio':>9}",
+             f"on one core; preprocessor: {merging}", f"  {'load':<44}{'served':>14}{'in process':>14}{'ratio':>9}",
              f"  {f'single-record requests, {config.concurrency} in flight':<44}{s['single_rps']:>8.0f} rec/s"
              f"{p['single_rps']:>8.0f} rec/s{r['single_record_ratio']:>8.2f}x",
              f"  {f'{config.batch_rows}-record requests, {config.batch_concurrency} in flight':<44}"

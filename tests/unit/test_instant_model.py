@@ -50,3 +50,15 @@ def test_calibrator_constant_columns_are_right_for_every_batch_and_read_only(ins
             assert out[name].shape == (batch, 1) and out[name][:, 0].tolist() == [value.encode()] * batch
             with pytest.raises(ValueError):
                 out[name][0, 0] = b"changed"
+
+
+def test_the_merged_variant_changes_only_the_preprocessors_batching(instant, tmp_path):
+    from tce.repository.builder import read_config
+    from tce_backends.graph import PREPROCESSOR
+
+    source, isolated = instant
+    merged = instant_repository(source, tmp_path / "merged", preprocessor_batching=True)
+    config = read_config(merged / PREPROCESSOR / "config.pbtxt")
+    assert list(config.dynamic_batching.preferred_batch_size) == []
+    assert list(read_config(isolated / PREPROCESSOR / "config.pbtxt").dynamic_batching.preferred_batch_size) == [1]
+    assert read_config(source / PREPROCESSOR / "config.pbtxt") == read_config(isolated / PREPROCESSOR / "config.pbtxt")

@@ -112,6 +112,17 @@ def test_every_step_has_a_bounded_queue_and_the_entry_step_never_merges_requests
     assert not configs.model_python.batching.one_request_per_execution
 
 
+def test_preprocessor_batching_lets_the_entry_step_merge_requests_and_nothing_else_changes():
+    isolated, merged = demo_configs(), demo_configs(RepositoryOptions(preprocessor_batching=True))
+    config = merged.preprocessor.to_proto()
+    assert config.HasField("dynamic_batching") and list(config.dynamic_batching.preferred_batch_size) == []
+    assert not merged.preprocessor.batching.one_request_per_execution
+    assert config.dynamic_batching.default_queue_policy == isolated.preprocessor.to_proto(
+    ).dynamic_batching.default_queue_policy
+    changed = [path for path, text in merged.files().items() if isolated.files()[path] != text]
+    assert changed == ["preprocessor/config.pbtxt"]
+
+
 def test_the_model_steps_batcher_settings_reach_both_hosts_and_only_the_model():
     options = RepositoryOptions(model_preferred_batch_sizes=(16, 4, 8), model_queue_delay_us=700)
     configs = demo_configs(options)

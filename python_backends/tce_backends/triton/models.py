@@ -21,8 +21,9 @@ def _parameter(model: StepModel, key: str, default: str) -> str:
 
 class PreprocessorModel(StepModel):
     """The ensemble's entry: validates every caller input, then text pipeline,
-    tokenizer and tabular preprocessing. Its config runs one request per execution,
-    so a request Triton itself fails (malformed BYTES) never shares a batch."""
+    tokenizer and tabular preprocessing. Its config runs one request per execution by
+    default, so a request Triton itself fails (malformed BYTES) never shares a batch;
+    ``tce build --preprocessor-batching`` lets it merge requests behind the gateway."""
 
     kind = STEP_KINDS[PREPROCESSOR]
 
