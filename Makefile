@@ -47,7 +47,9 @@ check-lock: $(STAMP)
 	@echo "requirements.lock resolves from PyPI alone"
 
 bundle: $(BUNDLE)/manifest.json
-$(BUNDLE)/manifest.json: $(STAMP) tce/trainer/modeling.py tce/trainer/training.py tce/lib/demo_data.py
+$(BUNDLE)/manifest.json: $(STAMP) tce/trainer/modeling.py tce/trainer/training.py tce/lib/demo_data.py \
+                         tce/lib/thresholds.py python_backends/tce_backends/decisions.py \
+                         python_backends/tce_backends/score_metrics.py
 	$(BIN)/tce demo-bundle --out $(BUNDLE)
 
 # BUILD_OPTIONS: more `tce build` options, e.g. BUILD_OPTIONS=--preprocessor-batching for a

@@ -10,6 +10,13 @@
 #   TCE_WATCH_INTERVAL   seconds between canary inferences (default 10; 0: no watchdog)
 #   TCE_CANARY_URL       where the watchdog reaches Triton's HTTP endpoint (default localhost:8000)
 #   TCE_MAX_RESTARTS     restarts within 10 minutes before the container gives up (default 5)
+#   TCE_TRACE_FILE       turn on Triton's request tracing to this JSON file (written when Triton stops;
+#                        read one request's per-step timeline with `tce trace FILE`), or
+#   TCE_TRACE_OTEL_URL   ... export the traces as OpenTelemetry spans to this OTLP/HTTP collector
+#                        (e.g. otel-collector:4318/v1/traces)
+#   TCE_TRACE_RATE       trace one request in this many (default 1000); TCE_TRACE_LEVEL TIMESTAMPS|TENSORS
+#   TCE_PREDICTION_LOG, TCE_PREDICTION_LOG_RATE, TCE_PREDICTION_LOG_INPUTS   with `serve`: the gateway's
+#                        sampled log of answers (python -m tce_gateway --help)
 #   TCE_HOST_CPUS, TCE_HOST_GPUS   this container's cores and GPUs, where it cannot see them itself
 #                        (a pod without a CPU limit sees the node); TCE_SIZING_CHECK=0 skips the check
 #
@@ -74,6 +81,30 @@ if [ "${TCE_SIZING_CHECK:-1}" != "0" ] && [ -r "$sizing_script" ]; then
             --model-repository=*) python3 "$sizing_script" check "${arg#--model-repository=}" || true ;;
         esac
     done
+fi
+
+# Triton's request tracing (tce serve --trace-file / --trace-otel give the same arguments).
+if [ -n "${TCE_TRACE_FILE:-}" ] && [ -n "${TCE_TRACE_OTEL_URL:-}" ]; then
+    echo "tce: set TCE_TRACE_FILE or TCE_TRACE_OTEL_URL, not both: Triton traces to one place" >&2
+    exit 64
+fi
+if [ -n "${TCE_TRACE_FILE:-}${TCE_TRACE_OTEL_URL:-}" ]; then
+    trace_rate="${TCE_TRACE_RATE:-1000}"
+    trace_level="${TCE_TRACE_LEVEL:-TIMESTAMPS}"
+    case "$trace_rate" in ''|0|*[!0-9]*)
+        echo "tce: TCE_TRACE_RATE must be a whole number >= 1 (one request in N is traced), got '$trace_rate'" >&2
+        exit 64 ;;
+    esac
+    case "$trace_level" in TIMESTAMPS|TENSORS) ;; *)
+        echo "tce: TCE_TRACE_LEVEL must be TIMESTAMPS or TENSORS, got '$trace_level'" >&2
+        exit 64 ;;
+    esac
+    if [ -n "${TCE_TRACE_FILE:-}" ]; then
+        set -- "$@" "--trace-config=triton,file=$TCE_TRACE_FILE"
+    else
+        set -- "$@" --trace-config=mode=opentelemetry "--trace-config=opentelemetry,url=$TCE_TRACE_OTEL_URL"
+    fi
+    set -- "$@" "--trace-config=level=$trace_level" "--trace-config=rate=$trace_rate"
 fi
 
 server=""

@@ -5,7 +5,9 @@ and ``tce calibrate`` (fit, apply, report) both read and write files by these ru
 - several tasks: the same prefixed by ``<task>_``; true labels in ``label_<task>``;
 - a binary score field (seed 000's multi-task mode) may instead carry its class-1
   score in column ``<task>``, calibrated in ``<task>_calibrated``;
-- per task the predicted ``<task>_label`` and ``<task>_calibration_fallback``, then
+- per task the predicted ``<task>_label``, its ``<task>_decision`` (the calibration's
+  decision policy, else the label; left out for servers that do not send it) and
+  ``<task>_calibration_fallback``, then
   one ``calibration_version`` column and one ``release`` column (the release that
   answered; left out for servers that do not say).
 """
@@ -32,6 +34,10 @@ def score_field_calibrated_column(task: str) -> str:
 
 def predicted_label_column(task: str) -> str:
     return f"{task}_label"
+
+
+def decision_column(task: str) -> str:
+    return f"{task}_decision"
 
 
 def fallback_column(task: str) -> str:

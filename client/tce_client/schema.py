@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from tce_backends.bundle import Manifest
 
 Records = Union["pd.DataFrame", Sequence[Mapping[str, Any]], Mapping[str, Any]]
+# A task's outputs, by the keys of ``TaskInfo.outputs``.
+TASK_OUTPUTS = ("raw", "calibrated", "label", "decision")
 
 
 
@@ -38,7 +40,8 @@ class TaskInfo:
     name: str
     kind: str
     classes: tuple[str, ...]
-    outputs: Mapping[str, str] = field(default_factory=dict)  # "raw"/"calibrated"/"label" -> output tensor
+    # "raw"/"calibrated"/"label"/"decision" -> output tensor ("decision" is absent from servers built before it)
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class EnsembleSchema:
     @property
     def output_names(self) -> list[str]:
         """Every output tensor the ensemble returns, as published."""
-        names = [t.outputs[part] for t in self.tasks for part in ("raw", "calibrated", "label")]
+        names = [t.outputs[part] for t in self.tasks for part in TASK_OUTPUTS if part in t.outputs]
         release = [self.outputs["release"]] if "release" in self.outputs else []
         return [*names, self.outputs["calibration_version"], self.outputs["calibration_fallback"], *release]
 
@@ -294,7 +297,8 @@ def schema_for(manifest: "Manifest") -> EnsembleSchema:
         categorical_features=manifest.features.categorical_names,
         feature_order=manifest.features.names,
         tasks=tuple(TaskInfo(t.name, t.kind, t.classes,
-                             dict(zip(("raw", "calibrated", "label"), contract.task_output_names(t.name), strict=True)))
+                             dict(zip(TASK_OUTPUTS, (*contract.task_output_names(t.name),
+                                                     contract.decision_output_name(t.name)), strict=True)))
                     for t in manifest.tasks),
         inputs={"numeric": contract.NUMERIC_FEATURES, "categorical": contract.CATEGORICAL_FEATURES},
         outputs={"calibration_version": contract.CALIBRATION_VERSION,

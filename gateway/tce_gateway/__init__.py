@@ -17,7 +17,7 @@ nginx stands in front (``launcher``): it owns the caller connections (timeouts,
 per-client limits, body caps, several workers); the door processes (``worker``)
 check and rebuild messages; Triton listens on loopback only.
 """
-from tce_gateway.config import DoorConfig, GatewayConfig, Limits, Replica
+from tce_gateway.config import DoorConfig, GatewayConfig, Limits, PredictionLogConfig, Replica
 from tce_gateway.errors import GatewayError, Refusal
 
-__all__ = ["DoorConfig", "GatewayConfig", "GatewayError", "Limits", "Refusal", "Replica"]
+__all__ = ["DoorConfig", "GatewayConfig", "GatewayError", "Limits", "PredictionLogConfig", "Refusal", "Replica"]

@@ -2,12 +2,15 @@
 
     python -m tce_gateway --triton triton:8000,triton:8001 --address 0.0.0.0 \\
         --http-port 8000 --grpc-port 8001 [--sagemaker-port 8080] [--admin-key-file F] \\
-        [--repository /models]
+        [--repository /models] [--prediction-log DIR --prediction-log-rate 0.1 [--prediction-log-inputs]]
 
+The prediction log's options default to $TCE_PREDICTION_LOG, $TCE_PREDICTION_LOG_RATE and
+$TCE_PREDICTION_LOG_INPUTS (1: on), so an image turns it on with its environment.
 It restarts a door worker or nginx that dies, and stops everything on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from tce_gateway.config import DEFAULT_MODEL, GatewayConfig, Limits, Replica
 from tce_gateway.launcher import Gateway, GatewayError
+from tce_gateway.options import add_prediction_log_options, prediction_log_config
 
 
 def _replica(text: str) -> Replica:
@@ -51,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
                    help="largest request body after decompression")
     p.add_argument("--max-elements", type=int, default=Limits.max_elements,
                    help="most elements of all inputs of one request together")
+    add_prediction_log_options(p, os.environ)
     return p
 
 
@@ -61,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         config = GatewayConfig(args.address, args.http_port, args.grpc_port, args.sagemaker_port,
                                nginx_workers=args.nginx_workers, door_workers=args.door_workers,
                                max_connections_per_client=args.max_connections_per_client,
-                               limits=Limits(max_body_bytes=args.max_body_bytes, max_elements=args.max_elements))
+                               limits=Limits(max_body_bytes=args.max_body_bytes, max_elements=args.max_elements),
+                               prediction_log=prediction_log_config(args))
         gateway = Gateway(tuple(args.triton), config, default_model=args.default_model, admin_key=key or None,
                           repository=args.repository)
         gateway.start()

@@ -52,6 +52,38 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class PredictionLogConfig:
+    """The sampled log of answered inference requests (``tce_gateway.prediction_log``).
+
+    Each door worker writes its own file in ``directory`` (``predictions-<worker>.jsonl``),
+    rotated past ``max_file_bytes`` and keeping ``keep_files`` rotated files per worker.
+    Entries wait in a queue of ``queue_entries`` for the worker's writer thread; when it is
+    full an entry is dropped and counted, never waited for."""
+
+    directory: str
+    rate: float = 1.0                     # share of answered requests logged, in (0, 1]
+    inputs: bool = False                  # also log each record's inputs
+    max_file_bytes: int = 64 << 20
+    keep_files: int = 10
+    queue_entries: int = 10_000           # requests waiting for the writer
+    flush_interval_s: float = 1.0         # an entry is on disk within about this
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.directory, str) or not self.directory.strip():
+            raise ValueError("prediction log: directory must be a path, not empty")
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
+            raise ValueError(f"prediction log: rate must be in (0, 1], got {self.rate!r} (a share of requests, "
+                             "e.g. 0.1; leave the log off rather than 0)")
+        if self.max_file_bytes < 4096:
+            raise ValueError(f"prediction log: max_file_bytes must be >= 4096, got {self.max_file_bytes}")
+        if self.keep_files < 1 or self.queue_entries < 1:
+            raise ValueError(f"prediction log: keep_files and queue_entries must be >= 1, got {self.keep_files} "
+                             f"and {self.queue_entries}")
+        if not 0 < self.flush_interval_s <= 60:
+            raise ValueError(f"prediction log: flush_interval_s must be in (0, 60], got {self.flush_interval_s}")
+
+
+@dataclass(frozen=True)
 class DoorConfig:
     """One door worker: where it listens (for nginx only) and the Tritons it forwards to.
 
@@ -73,6 +105,7 @@ class DoorConfig:
     # The model repository Triton serves, read for its releases.json (canary and shadow
     # traffic, tce_gateway.releases); None: no traffic split.
     repository: str | None = None
+    prediction_log: PredictionLogConfig | None = None   # None: no prediction log
 
     def __post_init__(self) -> None:
         if self.repository is not None and not self.repository.strip():
@@ -117,6 +150,7 @@ class GatewayConfig:
     header_timeout_s: int = 10              # whole request header
     body_timeout_s: int = 10                # between two reads of the body
     limits: Limits = field(default_factory=Limits)
+    prediction_log: PredictionLogConfig | None = None   # the door workers' sampled log of answers
 
     def __post_init__(self) -> None:
         ports = [p for p in (self.http_port, self.grpc_port, self.sagemaker_port) if p is not None]

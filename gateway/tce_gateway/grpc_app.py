@@ -16,6 +16,7 @@ from tritonclient.grpc import service_pb2
 from tce_gateway import grpc_codec, http_codec
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
+from tce_gateway.prediction_log import ID_METADATA, PredictionLog, caller_id
 from tce_gateway.routing import Router
 from tce_gateway.signatures import MODEL_NAME, VERSION, SignatureCache, _short
 from tce_gateway.upstream import SERVICE, Triton, Unreachable
@@ -39,11 +40,12 @@ Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 class GrpcDoor:
     def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, predictions: PredictionLog | None = None) -> None:
         self._config = config
         self._triton = triton
         self._signatures = signatures
         self._router = router or Router(signatures, None, None)
+        self._predictions = predictions
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, Any] = {"ModelInfer": grpc.unary_unary_rpc_method_handler(self._guarded(self._infer)),
@@ -78,8 +80,20 @@ class GrpcDoor:
             raise AssertionError("unreachable")
         return run
 
+    def _caller_id(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The caller's x-request-id metadata, checked, when answers are logged (else not read)."""
+        if self._predictions is None:
+            return None
+        value = dict(context.invocation_metadata() or ()).get(ID_METADATA)
+        try:
+            return caller_id(value if isinstance(value, str) or value is None else "\x00",
+                             self._config.limits.max_id_chars, f"{ID_METADATA} metadata entry")
+        except ValueError as error:
+            raise Refusal(str(error)) from None
+
     async def _infer(self, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         message = grpc_codec.decode_infer(payload)
+        given = self._caller_id(context)
         route = await self._router.route(message.model_name, message.model_version)
         signature = await self._signatures.get(route.model, route.version)
         checked = grpc_codec.parse_infer(message, signature, self._config.limits)
@@ -91,7 +105,12 @@ class GrpcDoor:
         body, headers = http_codec.encode_infer(as_binary)
         answer = await self._triton.http("POST", route.infer_path(), body, headers, timeout_s=self._timeout(context))
         self._router.answered(route, as_binary, signature, answer)
-        return grpc_codec.response_from_http(answer.status, answer.headers, answer.body)
+        response = grpc_codec.response_from_http(answer.status, answer.headers, answer.body)
+        if self._predictions is not None:
+            logged = self._predictions.offer(as_binary, signature, answer, given)
+            if logged is not None and not as_binary.id:  # the caller's own id comes back in the response
+                context.set_trailing_metadata(((ID_METADATA, logged),))
+        return response
 
     async def _stream(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,

@@ -5,6 +5,7 @@ Every request Triton receives is built here: a fixed path made of checked names,
 headers this module sets, and a body re-encoded from what was checked."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import zlib
@@ -15,8 +16,10 @@ from aiohttp import web
 from tce_gateway import http_codec, invocations, v1
 from tce_gateway.config import DoorConfig
 from tce_gateway.errors import Refusal
+from tce_gateway.prediction_log import ID_HEADER, PredictionLog, caller_id
 from tce_gateway.routing import Router
-from tce_gateway.signatures import NAME_PATTERN, VERSION_PATTERN, SignatureCache
+from tce_gateway.signatures import NAME_PATTERN, VERSION_PATTERN, ModelSignature, SignatureCache
+from tce_gateway.tensors import InferRequest
 from tce_gateway.upstream import HttpAnswer, Triton, Unreachable
 
 ADMIN_KEY_HEADER = "tce-admin-key"
@@ -62,11 +65,12 @@ def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 class HttpDoor:
     def __init__(self, config: DoorConfig, triton: Triton, signatures: SignatureCache,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, predictions: PredictionLog | None = None) -> None:
         self._config = config
         self._triton = triton
         self._signatures = signatures
         self._router = router or Router(signatures, None, None)
+        self._predictions = predictions
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._config.limits.max_body_bytes)
@@ -125,8 +129,27 @@ class HttpDoor:
                 return f"/v2/models/{target}{match.group(3) or ''}"
         return path
 
+    def _caller_id(self, request: web.Request) -> str | None:
+        """The caller's X-Request-Id, checked, when answers are logged (else not read)."""
+        if self._predictions is None:
+            return None
+        try:
+            return caller_id(request.headers.get(ID_HEADER), self._config.limits.max_id_chars)
+        except ValueError as error:
+            raise Refusal(str(error)) from None
+
+    def _logged(self, request: InferRequest, signature: ModelSignature, answer: HttpAnswer, given: str | None,
+                response: web.Response) -> web.Response:
+        """``response``, after the prediction log was offered the answer (it says the id it logged)."""
+        if self._predictions is not None:
+            logged = self._predictions.offer(request, signature, answer, given)
+            if logged is not None:
+                response.headers[ID_HEADER] = logged
+        return response
+
     async def _infer(self, request: web.Request, model: str, version: str, header_length: str | None
                      ) -> web.Response:
+        given = self._caller_id(request)
         route = await self._router.route(model, version)
         body = await self._body(request)
         signature = await self._signatures.get(route.model, route.version)
@@ -135,18 +158,20 @@ class HttpDoor:
         payload, headers = http_codec.encode_infer(checked)
         answer = await self._triton.http("POST", route.infer_path(), payload, headers)
         self._router.answered(route, checked, signature, answer)
-        return _response(answer)
+        return self._logged(checked, signature, answer, given, _response(answer))
 
     async def _v1_predict(self, request: web.Request, model: str) -> web.Response:
         """Records in, named results out (``tce_gateway.v1``)."""
+        given = self._caller_id(request)
         route = await self._router.route(model)
         body = await self._body(request)
         signature = await self._signatures.get(route.model)
         checked, schema = v1.parse_predict(body, signature, self._config.limits)
-        payload, headers = http_codec.encode_infer(checked)
+        payload, headers = http_codec.encode_infer(_with_id(checked, given))
         answer = await self._triton.http("POST", route.infer_path(), payload, headers)
         self._router.answered(route, checked, signature, answer)
-        return web.json_response(v1.answer(answer.status, answer.headers, answer.body, schema))
+        return self._logged(checked, signature, answer, given,
+                            web.json_response(v1.answer(answer.status, answer.headers, answer.body, schema)))
 
     async def _sagemaker(self, request: web.Request, path: str) -> web.Response:
         model = self._config.default_model
@@ -159,19 +184,22 @@ class HttpDoor:
         if content_type.startswith(SAGEMAKER_BINARY):
             size = _HEADER_SIZE.search(content_type)
             return _sagemaker_v2(await self._infer(request, model, "", size.group(1).strip() if size else ""))
+        given = self._caller_id(request)
         route = await self._router.route(model)
         body = await self._body(request)
         signature = await self._signatures.get(route.model)
         invocation = invocations.read_invocation(body, content_type, request.headers.get("Accept"), signature,
                                                  self._config.limits)
-        payload, headers = http_codec.encode_infer(invocation.request)
+        payload, headers = http_codec.encode_infer(_with_id(invocation.request, given))
         answer = await self._triton.http("POST", route.infer_path(), payload, headers)
         self._router.answered(route, invocation.request, signature, answer)
         if invocation.schema is None:
-            return _sagemaker_v2(_response(answer))
-        return web.Response(body=invocations.seed_answer(answer.status, answer.headers, answer.body,
-                                                         invocation.schema, invocation.response_type),
-                            content_type=invocation.response_type)
+            response = _sagemaker_v2(_response(answer))
+        else:
+            response = web.Response(body=invocations.seed_answer(answer.status, answer.headers, answer.body,
+                                                                 invocation.schema, invocation.response_type),
+                                    content_type=invocation.response_type)
+        return self._logged(invocation.request, signature, answer, given, response)
 
     async def _admin(self, request: web.Request, path: str) -> web.Response:
         key = request.headers.get(ADMIN_KEY_HEADER, "")
@@ -190,6 +218,12 @@ class HttpDoor:
         answer = await self._triton.http_all(request.method, path, payload, headers)
         self._signatures.clear()  # a model may have been loaded, unloaded or changed
         return _response(answer)
+
+
+def _with_id(request: InferRequest, given: str | None) -> InferRequest:
+    """A request the door built from records, carrying the caller's X-Request-Id to Triton (its
+    traces then name the request as the prediction log does)."""
+    return dataclasses.replace(request, id=given) if given and not request.id else request
 
 
 def _sagemaker_v2(response: web.Response) -> web.Response:

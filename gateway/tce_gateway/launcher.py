@@ -5,6 +5,7 @@ run. A door worker or nginx that dies is started again by ``check()``; ``stop()`
 ends them all by PID and removes the run directory."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tce_gateway.config import DEFAULT_MODEL, DoorConfig, GatewayConfig, Replica
+from tce_gateway.config import DEFAULT_MODEL, DoorConfig, GatewayConfig, PredictionLogConfig, Replica
 from tce_gateway.errors import GatewayError
 from tce_gateway.nginx import TEMP_DIRS, NginxMissing, find_nginx, render
 from tce_gateway.processes import die_with_parent, free_ports, listening
@@ -62,6 +63,7 @@ class Gateway:
 
     def start(self, timeout_s: float = 20.0) -> "Gateway":
         binary = find_nginx()
+        prediction_log = _prediction_log(self.config)
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"tce-gateway-{os.getpid()}-"))
         os.chmod(self.run_dir, 0o755)  # nginx workers run as nobody when started by root
         for name in TEMP_DIRS.values():
@@ -71,7 +73,8 @@ class Gateway:
         self._door = DoorConfig(self.replicas, door_http, door_grpc, default_model=self.default_model,
                                 admin_key=self.admin_key, triton_admin_key=self.triton_admin_key,
                                 limits=self.config.limits,
-                                repository=str(Path(self.repository).resolve()) if self.repository else None)
+                                repository=str(Path(self.repository).resolve()) if self.repository else None,
+                                prediction_log=prediction_log)
         secret = self.run_dir / "door.json"  # holds the keys: owner-only, never on a command line
         descriptor = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -84,7 +87,7 @@ class Gateway:
             self.stop()
             raise GatewayError(f"nginx refused the gateway configuration: {check.stderr.strip()}")
         try:
-            self.workers = [self._start_worker() for _ in range(self.config.door_workers)]
+            self.workers = [self._start_worker(index) for index in range(self.config.door_workers)]
             self._wait(lambda: listening("127.0.0.1", door_http) and listening("127.0.0.1", door_grpc),
                        timeout_s, "the door workers")
             self.nginx = self._start_nginx()
@@ -95,14 +98,16 @@ class Gateway:
             raise
         return self
 
-    def _start_worker(self) -> subprocess.Popen:
+    def _start_worker(self, index: int) -> subprocess.Popen:
+        """Door worker ``index`` (its prediction log file is ``predictions-<index>.jsonl``)."""
         assert self.run_dir is not None
         home = Path(__file__).resolve().parents[2]  # the checkout, or /opt/tce in the images
         paths = [str(Path(__file__).resolve().parents[1]), str(home / "client"), str(home / "python_backends")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*paths, os.environ.get("PYTHONPATH")]))}
         log = open(self.run_dir / "door.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            return subprocess.Popen([sys.executable, "-m", "tce_gateway.worker", str(self.run_dir / "door.json")],
+            return subprocess.Popen([sys.executable, "-m", "tce_gateway.worker", str(self.run_dir / "door.json"),
+                                     str(index)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=die_with_parent(os.getpid()))
         finally:
@@ -131,7 +136,7 @@ class Gateway:
         restarted = []
         for index, worker in enumerate(self.workers):
             if worker.poll() is not None:
-                self.workers[index] = self._start_worker()
+                self.workers[index] = self._start_worker(index)
                 restarted.append(f"door worker (exit {worker.returncode})")
         if self.nginx is not None and self.nginx.poll() is not None:
             code = self.nginx.returncode
@@ -187,3 +192,19 @@ class Gateway:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _prediction_log(config: GatewayConfig) -> PredictionLogConfig | None:
+    """The prediction log's settings with its directory made absolute and checked writable
+    here, so that a mistake is one line before any worker starts."""
+    log = config.prediction_log
+    if log is None:
+        return None
+    directory = Path(log.directory).expanduser().resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GatewayError(f"prediction log: cannot make {directory}: {error.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise GatewayError(f"prediction log: {directory} is not writable for uid {os.getuid()}")
+    return dataclasses.replace(log, directory=str(directory))

@@ -1,6 +1,6 @@
 """KServe v1 style for people with records and curl: ``POST /v1/models/<ensemble>:predict``
 with ``{"instances": [{field: value, ...}, ...]}``, answered with each task's raw and
-calibrated probabilities by class name and its label.
+calibrated probabilities by class name, its label and its decision.
 
 The door encodes the records with the schema the ensemble publishes (``tce_client.schema``:
 the same rules as the SDK, so a missing value is missing and a misspelt field is an error),
@@ -105,7 +105,8 @@ def _record(prediction: Prediction) -> dict[str, Any]:
     for name, task in prediction.tasks.items():
         record[name] = {"raw": {c: float(p) for c, p in zip(task.classes, task.raw, strict=True)},
                         "calibrated": {c: float(p) for c, p in zip(task.classes, task.calibrated, strict=True)},
-                        "label": task.label, "calibration_fallback": bool(task.calibration_fallback)}
+                        "label": task.label, "decision": task.decision,
+                        "calibration_fallback": bool(task.calibration_fallback)}
     record["calibration_version"] = prediction.calibration_version
     release = getattr(prediction, "release", "")
     if release:  # the release that answered (a server built with releases)

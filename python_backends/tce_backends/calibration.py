@@ -16,9 +16,10 @@ and reports it (``fallback_reasons`` at load time, per-row flags at apply time):
 never silently, never by raising into the serving path. Tables must map into
 [0, 1]; one that does not is refused (a bundle) or falls back (a served step).
 
-``Calibrator.version`` is the fingerprint of the tables actually in use (prefixed by
-a label, when one was given), so a response's ``calibration_version`` always says
-which tables produced it. ``Calibrator.model_fingerprint`` is the model the tables were
+``Calibrator.version`` is the fingerprint of the tables actually in use and of the
+decision policy (``tce_backends.decisions``, ``policy.json`` beside ``calibration.json``),
+prefixed by a label when one was given, so a response's ``calibration_version`` always
+says which tables and which policy produced it. ``Calibrator.model_fingerprint`` is the model the tables were
 fitted for (``calibration.json``'s ``model_fingerprint``: ``tce calibrate fit`` and bundle
 writers record it; "" for calibrations written before it was recorded).
 """
@@ -34,6 +35,7 @@ from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from .decisions import POLICY_FILE, DecisionPolicy
 from .errors import BundleError
 from .tasks import TaskSpec, task_columns
 
@@ -272,18 +274,31 @@ class CalibratedBatch:
     calibrated: dict[str, np.ndarray]   # task -> float64 [B, classes]
     labels: dict[str, np.ndarray]       # task -> int64 [B], argmax of raw (seed 000)
     fallback: np.ndarray                # bool [B, tasks]: calibrated == raw because calibration failed
+    # task -> int64 [B], index into Calibrator.actions[task]: the policy's decision, else the label
+    decisions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Calibrator:
-    """Applies every task's calibration to the model's concatenated probabilities."""
+    """Applies every task's calibration to the model's concatenated probabilities, then
+    its decision policy (``policy``; a task without one decides by its label)."""
 
     def __init__(self, tasks: Sequence[TaskSpec], calibrations: Mapping[str, TaskCalibration],
                  label: str = "", fallback_reasons: Mapping[str, str] | None = None,
-                 model_fingerprint: str = "") -> None:
+                 model_fingerprint: str = "", policy: DecisionPolicy | None = None, policy_problem: str = "") -> None:
         unknown = sorted(set(calibrations) - {t.name for t in tasks})
         if unknown:
             raise BundleError("calibration", f"calibration for unknown tasks {unknown}")
         self.tasks = tuple(tasks)
+        self.policy = policy or DecisionPolicy()
+        self.policy_problem = policy_problem  # why the policy.json present was not used (decisions are labels)
+        try:
+            self.policy.check(self.tasks)
+        except ValueError as error:
+            raise BundleError(f"calibration/{POLICY_FILE}", str(error)) from None
+        self._deciders = self.policy.deciders(self.tasks)
+        # task -> what its decision indices name: the policy's actions, else the classes (the label)
+        self.actions = {t.name: self._deciders[t.name].actions if t.name in self._deciders else t.classes
+                        for t in self.tasks}
         self.model_fingerprint = model_fingerprint
         self.fallback_reasons = dict(fallback_reasons or {})
         self.calibrations: dict[str, TaskCalibration] = {}
@@ -296,7 +311,7 @@ class Calibrator:
             self.calibrations[task.name] = calibration
         fingerprint = self.fingerprint()
         self.label = "" if label == fingerprint else label  # older bundles stored the fingerprint itself
-        if self.fallback_reasons:  # some tables could not be used: the version must say so
+        if self.fallback_reasons or self.policy_problem:  # tables or policy not used: the version says so
             self.label = "unavailable"
         self.version = f"{self.label}@{fingerprint}" if self.label else fingerprint
         self._columns = task_columns(self.tasks)
@@ -307,35 +322,51 @@ class Calibrator:
             calibration = self.calibrations[task.name]
             digest.update(f"{task.name}:{calibration.method}".encode())
             calibration.fingerprint(digest)
+        if self.policy:  # a calibration without a policy keeps the fingerprint it always had
+            digest.update(b"policy:" + self.policy.canonical())
         return digest.hexdigest()[:12]
+
+    def calibrate_task(self, task: TaskSpec, task_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One task's raw [B, classes] -> (calibrated float64, failed rows): rows the tables
+        cannot calibrate (or every row, for a task whose tables did not load) are raw."""
+        batch = task_raw.shape[0]
+        if task.name in self.fallback_reasons:
+            return task_raw.astype(np.float64), np.ones(batch, dtype=bool)
+        try:
+            task_calibrated = self.calibrations[task.name].apply(task_raw)
+            failed = ~np.isfinite(task_calibrated).all(axis=1)
+        except Exception:  # noqa: BLE001 - any failure degrades to raw, flagged
+            task_calibrated, failed = task_raw.astype(np.float64), np.ones(batch, dtype=bool)
+        task_calibrated[failed] = task_raw[failed]
+        return task_calibrated, failed
+
+    def decide(self, task: TaskSpec, calibrated: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Decision indices into ``actions[task.name]``: the policy's, or the labels."""
+        decider = self._deciders.get(task.name)
+        return labels if decider is None else decider.decide(calibrated)
 
     def apply(self, probabilities: np.ndarray) -> CalibratedBatch:
         probabilities = np.asarray(probabilities)
         batch = probabilities.shape[0]
-        raw, calibrated, labels = {}, {}, {}
+        raw, calibrated, labels, decisions = {}, {}, {}, {}
         fallback = np.zeros((batch, len(self.tasks)), dtype=bool)
         for index, task in enumerate(self.tasks):
             task_raw = probabilities[:, self._columns[task.name]]
-            if task.name in self.fallback_reasons:
-                task_calibrated, failed = task_raw.astype(np.float64), np.ones(batch, dtype=bool)
-            else:
-                try:
-                    task_calibrated = self.calibrations[task.name].apply(task_raw)
-                    failed = ~np.isfinite(task_calibrated).all(axis=1)
-                except Exception:  # noqa: BLE001 - any failure degrades to raw, flagged below
-                    task_calibrated, failed = task_raw.astype(np.float64), np.ones(batch, dtype=bool)
-                task_calibrated[failed] = task_raw[failed]
+            task_calibrated, failed = self.calibrate_task(task, task_raw)
             raw[task.name] = task_raw
             calibrated[task.name] = task_calibrated
             labels[task.name] = task_raw.argmax(axis=1).astype(np.int64)
+            decisions[task.name] = self.decide(task, task_calibrated, labels[task.name])
             fallback[:, index] = failed
-        return CalibratedBatch(raw, calibrated, labels, fallback)
+        return CalibratedBatch(raw, calibrated, labels, fallback, decisions)
 
     # -- persistence -----------------------------------------------------------
     def save(self, directory: Path, model_fingerprint: str | None = None) -> None:
-        """``model_fingerprint``: the model these tables are for (default: the one loaded with them)."""
+        """``model_fingerprint``: the model these tables are for (default: the one loaded with them).
+        The decision policy goes to ``policy.json`` (removed when there is none)."""
         directory.mkdir(parents=True, exist_ok=True)
         entries = {task.name: self.calibrations[task.name].save(directory, task.name) for task in self.tasks}
+        self.policy.save(directory)
         payload: dict[str, Any] = {"label": self.label, "tasks": entries}
         fitted_for = self.model_fingerprint if model_fingerprint is None else model_fingerprint
         if fitted_for:
@@ -348,11 +379,15 @@ class Calibrator:
 
         No directory or no ``calibration.json``: raw pass-through for every task.
         A corrupt file or table makes that task (or every task) fall back to raw
-        with a reason, unless ``strict``, where it raises ``BundleError``.
+        with a reason, unless ``strict``, where it raises ``BundleError``. So does a
+        decision policy (``policy.json``) that cannot be read or does not fit the tasks:
+        ``strict``, BundleError; else every task decides by its label, ``policy_problem``
+        says why and the version is labelled "unavailable".
         """
+        policy, problem = _policy_for(directory, tasks, strict)
         path = directory / CALIBRATION_FILE
         if not path.exists():
-            return cls(tasks, {})
+            return cls(tasks, {}, policy=policy, policy_problem=problem)
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
             entries = payload["tasks"]
@@ -364,7 +399,8 @@ class Calibrator:
             if strict:
                 raise BundleError("calibration", f"unreadable {path}: {exc!r}") from None
             reason = f"unreadable {path.name}: {exc!r}"
-            return cls(tasks, {}, label="unavailable", fallback_reasons={t.name: reason for t in tasks})
+            return cls(tasks, {}, label="unavailable", fallback_reasons={t.name: reason for t in tasks},
+                       policy=policy, policy_problem=problem)
         calibrations, reasons = {}, {}
         known = {t.name: t for t in tasks}
         for name, entry in entries.items():
@@ -379,7 +415,31 @@ class Calibrator:
                     raise BundleError(f"calibration/{name}", f"{type(exc).__name__}: {exc}") from None
                 if name in known:
                     reasons[name] = f"{type(exc).__name__}: {exc}"
-        return cls(tasks, calibrations, label=label, fallback_reasons=reasons, model_fingerprint=fitted_for)
+        return cls(tasks, calibrations, label=label, fallback_reasons=reasons, model_fingerprint=fitted_for,
+                   policy=policy, policy_problem=problem)
+
+
+def load_policy(directory: Path) -> DecisionPolicy:
+    """A calibration directory's decision policy (empty without ``policy.json``); BundleError
+    naming the file when it cannot be read."""
+    try:
+        return DecisionPolicy.load(directory)
+    except ValueError as error:
+        raise BundleError(f"calibration/{POLICY_FILE}", str(error)) from None
+
+
+def _policy_for(directory: Path, tasks: Sequence[TaskSpec], strict: bool) -> tuple[DecisionPolicy, str]:
+    """(the directory's policy, "") or, not ``strict``, (no policy, why not) for one that cannot
+    be read or does not fit ``tasks``; ``strict``: BundleError."""
+    try:
+        policy = load_policy(directory)
+        policy.check(tasks)
+    except (BundleError, ValueError) as error:
+        problem = error.problem if isinstance(error, BundleError) else str(error)
+        if strict:
+            raise BundleError(f"calibration/{POLICY_FILE}", problem) from None
+        return DecisionPolicy(), problem
+    return policy, ""
 
 
 def sample_table(predict: Any, points: int = 1000, low: float = 0.0, high: float = 1.0) -> LookupTable:

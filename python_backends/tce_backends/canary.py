@@ -35,8 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from .contract import CANARY_PARAMETER, QUEUE_REFUSALS, SCHEMA_PARAMETER
 from .contract import DEFAULT_ENSEMBLE as DEFAULT_MODEL
-from .contract import QUEUE_REFUSALS, SCHEMA_PARAMETER
 
 
 def _get_json(url: str, timeout_s: float) -> Any:
@@ -45,7 +45,8 @@ def _get_json(url: str, timeout_s: float) -> Any:
 
 
 def canary_body(schema: dict[str, Any]) -> bytes:
-    """One record with every input present and every value at its documented default."""
+    """One record with every input present and every value at its documented default, marked
+    as the canary's (``CANARY_PARAMETER``), so that the score metrics count it apart."""
     inputs = [{"name": field, "shape": [1, 1], "datatype": "BYTES", "data": [""]} for field in schema["text_fields"]]
     if schema["numeric_features"]:
         inputs.append({"name": "numeric_features", "shape": [1, len(schema["numeric_features"])],
@@ -53,7 +54,7 @@ def canary_body(schema: dict[str, Any]) -> bytes:
     if schema["categorical_features"]:
         inputs.append({"name": "categorical_features", "shape": [1, len(schema["categorical_features"])],
                        "datatype": "BYTES", "data": [""] * len(schema["categorical_features"])})
-    return json.dumps({"inputs": inputs}).encode()
+    return json.dumps({"inputs": inputs, "parameters": {CANARY_PARAMETER: True}}).encode()
 
 
 class Canary:

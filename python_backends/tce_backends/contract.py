@@ -3,7 +3,8 @@
 The ensemble's caller-facing inputs are the raw text fields (one string each),
 ``numeric_features`` (float64, NaN = missing) and ``categorical_features``
 (strings, "" = missing). Its outputs per task are ``<task>_raw``,
-``<task>_calibrated`` and ``<task>_label``, plus ``calibration_version``,
+``<task>_calibrated``, ``<task>_label`` and ``<task>_decision`` (the action the
+calibration's decision policy chose, else the label), plus ``calibration_version``,
 ``calibration_fallback`` and ``release`` (the release number that answered, as text).
 
 Steps speak plain names (``<field>_input_ids``, ``tabular``, ``probabilities``).
@@ -21,6 +22,12 @@ from typing import Sequence
 DEFAULT_ENSEMBLE = "calibrated_ensemble"  # the one home of the ensemble's default name
 # The ensemble config parameter holding the schema a client reads (tce_client.schema).
 SCHEMA_PARAMETER = "tce_schema"
+# The ensemble config parameter holding the bundle's reference score distribution (JSON of
+# tce_backends.score_metrics.ReferenceScores), beside the live histograms; absent without one.
+SCORE_REFERENCE_PARAMETER = "tce_score_reference"
+# The request parameter (true) that marks the health canary's requests (tce_backends.canary):
+# the calibrator counts their rows apart from every other metric. The gateway never forwards it.
+CANARY_PARAMETER = "tce_canary"
 # Triton's words for a request it refused without running it (dynamic batcher queue policy):
 # the server works, it is busy; a retry is safe.
 QUEUE_REFUSALS = ("Exceeds maximum queue size", "Request timeout expired")
@@ -91,3 +98,8 @@ def plain(name: str) -> str:
 def task_output_names(task: str) -> tuple[str, str, str]:
     """(raw, calibrated, label) output names of one task."""
     return f"{task}_raw", f"{task}_calibrated", f"{task}_label"
+
+
+def decision_output_name(task: str) -> str:
+    """The output holding one task's decision (``tce_backends.decisions``)."""
+    return f"{task}_decision"

@@ -214,8 +214,9 @@ class ModelStep:
 
 
 class CalibratorStep:
-    """Concatenated probabilities -> per task raw, calibrated and label, plus the
-    calibration version, per-task fallback flags and the release that answered.
+    """Concatenated probabilities -> per task raw, calibrated, label and decision (the
+    calibration's decision policy, else the label), plus the calibration version, per-task
+    fallback flags and the release that answered.
 
     In a model repository the calibrator's version directory holds ``release.json``
     (``contract.RELEASE_INFO_FILE``, written by the builder): the release number it answers
@@ -230,6 +231,8 @@ class CalibratorStep:
         self.output_names = tuple(spec.name for spec in self._output_specs(calibrator.tasks))
         self._class_names = {t.name: np.array([c.encode() for c in t.classes], dtype=np.object_)
                              for t in calibrator.tasks}
+        self._action_names = {t.name: np.array([a.encode() for a in calibrator.actions[t.name]], dtype=np.object_)
+                              for t in calibrator.tasks}
         self._version = calibrator.version.encode()
         self._release = release.encode()
         # The version and release columns are the same for every row: built once at the largest
@@ -244,7 +247,8 @@ class CalibratorStep:
             raw, calibrated, label = contract.task_output_names(task.name)
             specs += [TensorSpec(raw, "TYPE_FP32", (task.num_classes,)),
                       TensorSpec(calibrated, "TYPE_FP32", (task.num_classes,)),
-                      TensorSpec(label, "TYPE_STRING", (1,))]
+                      TensorSpec(label, "TYPE_STRING", (1,)),
+                      TensorSpec(contract.decision_output_name(task.name), "TYPE_STRING", (1,))]
         return (*specs, TensorSpec(contract.CALIBRATION_VERSION, "TYPE_STRING", (1,)),
                 TensorSpec(contract.CALIBRATION_FALLBACK, "TYPE_BOOL", (len(tasks),)),
                 TensorSpec(contract.RELEASE, "TYPE_STRING", (1,)))
@@ -289,6 +293,8 @@ class CalibratorStep:
             out[raw] = result.raw[task.name].astype(np.float32, copy=False)
             out[calibrated] = result.calibrated[task.name].astype(np.float32, copy=False)
             out[label] = self._class_names[task.name][result.labels[task.name]][:, None]
+            out[contract.decision_output_name(task.name)] = \
+                self._action_names[task.name][result.decisions[task.name]][:, None]
         out.update(self._constant_columns(probabilities.shape[0]))
         out[contract.CALIBRATION_FALLBACK] = result.fallback
         return out

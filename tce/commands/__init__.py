@@ -20,8 +20,9 @@ from tce.commands import (
     release,
     schema,
     serve,
+    trace,
 )
 
 # In the order `tce --help` lists them.
 MODULES = (demo_bundle, demo_data, build, serve, release, import_seed, package_sagemaker, calibrate, predict, evaluate,
-           schema, loadtest, demo, benchmark, capacity)
+           schema, loadtest, demo, benchmark, capacity, trace)

@@ -10,6 +10,7 @@ the served model), ``--model_name``, ``--split``, ``--fold``, ``--num_folds`` (t
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ from tce_client import DEFAULT_MODEL
 if TYPE_CHECKING:
     from tce.jobs.benchmark import BenchmarkConfig
     from tce.lib.seed_test_metrics import SeedLayout
+
+log = logging.getLogger(__name__)
 
 
 def configs(args: argparse.Namespace) -> tuple["BenchmarkConfig", "SeedLayout"]:
@@ -44,7 +47,7 @@ def _instant(args: argparse.Namespace) -> int:
     from tce.jobs.instant import InstantConfig, format_instant, run_instant, write_instant_json
 
     if args.grpc_url:
-        print("note: --grpc-url is ignored with --instant-model: it serves its own copy of the repository")
+        log.warning("note: --grpc-url is ignored with --instant-model: it serves its own copy of the repository")
     config = InstantConfig(repository_of(args.repository), records=args.records,
                            long_thread_share=args.long_thread_share, seconds=args.seconds,
                            concurrency=max(args.concurrency), preprocessor_batching=args.preprocessor_batching)
@@ -63,7 +66,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         return _instant(args)
     config, layout = configs(args)
     if args.image_size is not None:
-        print(f"note: --image_size {args.image_size} is ignored: the ensemble reads text and tabular records")
+        log.warning(f"note: --image_size {args.image_size} is ignored: the ensemble reads text and tabular records")
     result = run_benchmark(config, grpc_url=args.grpc_url)
     print("\n" + format_report(result))
     print("\n" + format_quality(result))

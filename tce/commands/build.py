@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import DEFAULT_REPOSITORY, Commands, add_command
 from tce_client import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -23,13 +26,13 @@ def _build(args: argparse.Namespace) -> int:
             model_threads=args.model_threads))
     except SizingError as error:
         raise UsageError(str(error)) from None
-    print(sizing.describe())
+    print(sizing.describe())  # what the build decided for this host: part of its result
     options = RepositoryOptions(ensemble_name=args.ensemble_name, max_batch_size=args.max_batch_size,
                                 preprocessor_batching=args.preprocessor_batching)
     if options.preprocessor_batching:
-        print("preprocessor: merges requests; serve it behind the gateway only (a request with broken BYTES "
-              "framing sent to Triton directly would fail the requests merged with it)")
-    bundle, out = build(args.bundle, args.out, options, say=print, lock_timeout_s=args.lock_timeout, sizing=sizing)
+        log.warning("preprocessor: merges requests; serve it behind the gateway only (a request with broken BYTES "
+                    "framing sent to Triton directly would fail the requests merged with it)")
+    bundle, out = build(args.bundle, args.out, options, say=log.info, lock_timeout_s=args.lock_timeout, sizing=sizing)
     print(f"model repository for bundle '{bundle.manifest.name}' written to {out} "
           f"(ensemble '{options.ensemble_name}'; libtorch host: --model-config-name=libtorch)")
     return 0

@@ -1,10 +1,14 @@
-"""``tce calibrate fit|apply|report|publish``: calibration tables from and for prediction files."""
+"""``tce calibrate fit|apply|report|publish|thresholds|policy``: calibration tables and the
+decision policy that ships with them, from and for prediction files."""
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import DEFAULT_REPOSITORY, Commands, add_command, label_overrides
+
+log = logging.getLogger(__name__)
 
 
 def _calibrate_fit(args: argparse.Namespace) -> int:
@@ -22,7 +26,7 @@ def _calibrate_apply(args: argparse.Namespace) -> int:
 
     frame, notes = apply(args.calibration, args.input, args.output)
     for note in notes:
-        print(f"note: {note}")
+        log.info(f"note: {note}")
     print(f"{len(frame)} rows with calibrated columns written to {args.output}")
     return 0
 
@@ -42,11 +46,47 @@ def _calibrate_publish(args: argparse.Namespace) -> int:
 
     admin_key = read_admin_key(args.admin_key_file, required=bool(args.url)) if args.url else None
     version = publish(args.bundle, args.repository, url=args.url, admin_key=admin_key, promote=not args.candidate,
-                      say=print, lock_timeout_s=args.lock_timeout)
+                      say=log.info, lock_timeout_s=args.lock_timeout)
     served = f"the server at {args.url}" if args.url else "a server that loads the repository"
     state = ("a candidate release: promote it with tce release promote" if args.candidate
              else f"released and served by {served}")
     print(f"calibrator version {version} written to {args.repository}/calibrator/{version}; {state}")
+    return 0
+
+
+def _calibrate_thresholds(args: argparse.Namespace) -> int:
+    from tce.jobs.thresholds import choose, format_choice, report_json
+
+    result = choose(args.bundle, args.predictions, args.target, labels=label_overrides(args.label),
+                    samples=args.bootstrap_samples, seed=args.seed, write=not args.dry_run)
+    for choice in result.choices:
+        print(format_choice(choice))
+    for note in result.notes:
+        log.info(f"note: {note}")
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report_json(result, args.bundle, args.predictions, args.bootstrap_samples, args.seed),
+                               encoding="utf-8")
+        print(f"report written to {args.report}")
+    if result.written:
+        print(f"calibration version {result.calibrator.version} written to {args.bundle}/calibration (policy.json); "
+              "tce calibrate publish serves it")
+    else:
+        print(f"--dry-run: nothing written (it would be calibration version {result.calibrator.version})")
+    return 0
+
+
+def _calibrate_policy(args: argparse.Namespace) -> int:
+    from tce.jobs.thresholds import describe_policy, set_policy
+    from tce_backends.bundle import Bundle
+
+    if args.set or args.clear:
+        calibrator = set_policy(args.bundle, args.set, args.clear)
+        print(f"calibration version {calibrator.version} written to {args.bundle}/calibration (policy.json)")
+    else:
+        calibrator = Bundle.load(args.bundle).calibrator
+        print(f"calibration version {calibrator.version} of {args.bundle} decides:")
+    print("\n".join(describe_policy(calibrator)))
     return 0
 
 
@@ -86,3 +126,32 @@ def add(commands: Commands) -> None:
                    help="leave the new release a candidate (tce release promote serves it) instead of serving it")
     p.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait while another tce command changes the same repository")
+    p = add_command(actions, "thresholds", "choose each task's decision thresholds on calibrated scores for a "
+                    "target, report what they achieve, and write them into the bundle's calibration",
+                    _calibrate_thresholds)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle whose calibration/policy.json is written; its "
+                   "tables calibrate the file's raw scores")
+    p.add_argument("--predictions", type=Path, required=True, help="labelled predictions: CSV, TSV or Parquet")
+    p.add_argument("--target", action="append", default=[], metavar="TASK=SPEC", required=True,
+                   help="per task: [ACTION:]precision>=P or [ACTION:]recall>=R, comma-separated, one per threshold "
+                        "(a bare NAME names the action below every threshold, or a multiclass task's abstain "
+                        "action), e.g. abuse=allow,review:recall>=0.95,block:precision>=0.9 or "
+                        "reason=precision>=0.8; or a cost matrix, cost:ACTION=COST/COST,... per true class, "
+                        "actions in score order, e.g. abuse=cost:allow=0/10,review=1/1,block=4/0 "
+                        "(multiclass: cost:abstain=0.3, a wrong class costs 1); quote it in a shell, where "
+                        "> redirects")
+    p.add_argument("--label", action="append", default=[], metavar="TASK=COLUMN", help=label_help)
+    p.add_argument("--bootstrap-samples", type=int, default=200, help="resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    p.add_argument("--report", type=Path, default=None, help="also write the report as JSON to this file")
+    p.add_argument("--dry-run", action="store_true", help="report only; write nothing into the bundle")
+    p = add_command(actions, "policy", "print the bundle's decision policy, or set or clear a task's by hand",
+                    _calibrate_policy)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle whose calibration/policy.json is read or "
+                   "written")
+    p.add_argument("--set", action="append", default=[], metavar="TASK=RULE",
+                   help="binary: 'abuse=allow<0.5<=review<0.9<=block' (a score equal to a threshold takes the "
+                        "upper action); multiclass: 'reason=argmax[,CLASS>=MINIMUM...][,ABSTAIN]' (quoted in a "
+                        "shell, where < and > redirect)")
+    p.add_argument("--clear", action="append", default=[], metavar="TASK",
+                   help="remove a task's policy: it decides its label again")

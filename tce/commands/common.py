@@ -3,6 +3,7 @@ used by more than one command."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,9 +30,38 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def logging_options(top: bool) -> argparse.ArgumentParser:
+    """--log-format and --log-level, taken before the command (``top``: with their defaults) or
+    after it (no defaults there, so they do not undo what was given before)."""
+    from tce.lib.logs import FORMATS, LEVELS
+
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("logging")
+    group.add_argument("--log-format", choices=FORMATS,
+                       default=os.environ.get("TCE_LOG_FORMAT", "human") if top else argparse.SUPPRESS,
+                       help="how notes, progress and warnings are written to stderr: human lines, or json (one "
+                            "object per line: time, level, logger, message and extra fields); results stay on "
+                            "stdout (if not given: $TCE_LOG_FORMAT, else human)")
+    group.add_argument("--log-level", choices=LEVELS,
+                       default=os.environ.get("TCE_LOG_LEVEL", "info") if top else argparse.SUPPRESS,
+                       help="the least severe message written (if not given: $TCE_LOG_LEVEL, else info)")
+    return options
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """The CLI's one logging set-up (``tce.lib.logs``), from --log-format and --log-level."""
+    from tce.lib.logs import FORMATS, LEVELS, configure
+
+    if args.log_format not in FORMATS or args.log_level not in LEVELS:  # from the environment
+        raise UsageError(f"$TCE_LOG_FORMAT must be one of {', '.join(FORMATS)} and $TCE_LOG_LEVEL one of "
+                         f"{', '.join(LEVELS)}, got {args.log_format!r} and {args.log_level!r}")
+    configure(args.log_format, args.log_level)
+
+
 def add_command(commands: Commands, name: str, help: str, run: Callable[[argparse.Namespace], int]
                 ) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    parser = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter,
+                                 parents=[logging_options(top=False)])
     parser.set_defaults(run=run)
     return parser
 
@@ -72,7 +102,7 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="discard a previous run's saved chunks and start over")
 
 
-def apply_seed_settings(args: argparse.Namespace, note: Callable[[str], None] = print) -> SeedSettings:
+def apply_seed_settings(args: argparse.Namespace, note: Callable[[str], None] | None = None) -> SeedSettings:
     """Fill the batch options not given on the command line from the seeds' environment
     variables (ID_FIELD, BATCH_SIZE), parse --max-rejects, and note the settings the server
     decides (DEVICE, ACCELERATOR, NUM_WORKERS). Returns the settings read."""
@@ -83,7 +113,7 @@ def apply_seed_settings(args: argparse.Namespace, note: Callable[[str], None] = 
     args.max_rejects = RejectLimit.parse(args.max_rejects)
     line = settings.note()
     if line:
-        note(line)
+        (note or logging.getLogger(__name__).info)(line)
     return settings
 
 

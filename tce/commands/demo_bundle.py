@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import DEFAULT_BUNDLE, Commands, add_command
@@ -12,7 +13,7 @@ def _demo_bundle(args: argparse.Namespace) -> int:
 
     config = TrainingConfig(model_kind=args.kind, encoder=args.encoder, rows=args.rows, seed=args.seed,
                             epochs=args.epochs, calibration_method=args.calibration)
-    report = build_demo_bundle(args.out, config)
+    report = build_demo_bundle(args.out, config, log=logging.getLogger(__name__).info)
     print(f"\nbundle written to {report.bundle} in {report.seconds:.1f}s; held-out test metrics:")
     print(report.table())
     return 0

@@ -2,17 +2,41 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
 from tce.commands.common import Commands, add_batch_options, add_command, apply_seed_settings, label_overrides
 
 
+def _evaluate_log(args: argparse.Namespace) -> int:
+    """--predictions LOG --labels FILE: late labels joined to the gateway's prediction log."""
+    from tce.jobs.evaluate_log import LogEvaluationJob, run_log_evaluation
+    from tce_backends.errors import UsageError
+
+    if args.predictions is None:
+        raise UsageError("--labels joins late labels to the gateway's prediction log: name the log with "
+                         "--predictions LOG (a file, a directory or a glob)")
+    report = run_log_evaluation(LogEvaluationJob(
+        str(args.predictions), args.labels, args.out, join_on=args.join_on or "id", window=args.window or "day",
+        label_columns=label_overrides(args.label), task=args.task, bins=args.bins))
+    for note in report.notes:
+        logging.getLogger(__name__).info(note)
+    print(report.summary, end="")
+    print(f"\nlog_metrics.json, log_metrics.csv, calibration_over_time_<task>.png and "
+          f"reliability/<task>/<window>.png written to {report.out}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.labels is not None:
+        return _evaluate_log(args)
     from tce.jobs.evaluate import EvaluateJob, release_score_column, run_evaluate
     from tce.lib.seed_evaluation import ComparisonFlags, comparison_switches
     from tce_backends.errors import UsageError
 
+    if args.join_on is not None or args.window is not None:
+        raise UsageError("--join-on and --window go with --labels (late labels for a prediction log)")
     compared = args.previous_score_field
     if args.compare_release is not None:  # release N's scores are the previous model's
         if args.previous_score_field or args.comparison_mode == "false":
@@ -50,7 +74,16 @@ def add(commands: Commands) -> None:
                         "Parquet file, or a directory of them")
     source.add_argument("--predictions", type=Path, help="an already scored, labelled predictions file "
                         "(prob_class_<i>, and calibrated_prob_class_<i> if calibrated: without them, raw "
-                        "metrics only, e.g. seed 001's output)")
+                        "metrics only, e.g. seed 001's output); with --labels: the gateway's prediction log "
+                        "(a file, a directory of rotated files, or a glob)")
+    p.add_argument("--labels", type=Path, default=None, metavar="LABELS_CSV",
+                   help="late labels for the prediction log given with --predictions: a CSV with the --join-on "
+                        "column and a label column per task (label, or label_<task>; --label TASK=COLUMN); "
+                        "metrics per --window, a calibration-over-time plot and a reliability diagram per window")
+    p.add_argument("--join-on", default=None, metavar="COLUMN",
+                   help="with --labels: the labels' column holding the log's request id (if not given: id)")
+    p.add_argument("--window", choices=("day", "week"), default=None,
+                   help="with --labels: the time window (UTC) metrics are grouped by (if not given: day)")
     p.add_argument("--out", type=Path, required=True, help="directory for metrics, plots and predictions")
     p.add_argument("--bundle", type=Path, default=None, help="with --predictions: the bundle whose tasks and class "
                    "names the file holds (if not given: tasks from the column names, labels as class indices)")

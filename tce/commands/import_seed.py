@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import Commands, add_command
@@ -13,7 +14,7 @@ def _import_seed(args: argparse.Namespace) -> int:
     report = import_seed(args.source, args.destination, name=args.name,
                          limits=ExtractionLimits(max_bytes=args.max_seed_mib << 20), model_class=args.model_class)
     for note in report.notes:
-        print(f"note: {note}")
+        logging.getLogger(__name__).info(f"note: {note}")
     print(f"bundle written to {report.bundle}")
     return 0
 

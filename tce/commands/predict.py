@@ -5,6 +5,7 @@ the defaults of ``--id-field`` and ``--batch-size``, and ``--job_type inference`
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import Commands, add_batch_options, add_command, apply_seed_settings
@@ -41,8 +42,9 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"{result.rows} predictions written to {result.path} (this run scored {result.scored} records in "
               f"{result.seconds:.1f} s, {result.records_per_s:.1f} records/s)")
     if result.rejects_path is not None and result.path is not None:
-        print(f"note: {result.rejected} records could not be scored and are left out of the predictions; "
-              f"{result.rejects_path} lists them (file, row, field, reason)")
+        logging.getLogger(__name__).warning(
+            f"note: {result.rejected} records could not be scored and are left out of the predictions; "
+            f"{result.rejects_path} lists them (file, row, field, reason)")
     return 0
 
 

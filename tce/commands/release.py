@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from tce.commands.common import DEFAULT_REPOSITORY, Commands, add_command
@@ -29,7 +30,7 @@ def _add(args: argparse.Namespace) -> int:
         from tce.lib.tables import read_frame
 
         records = read_frame(args.records).head(args.record_limit).to_dict(orient="records")
-    release = add(args.bundle, args.repository, _server(args), records=records, say=print,
+    release = add(args.bundle, args.repository, _server(args), records=records, say=logging.getLogger(__name__).info,
                   lock_timeout_s=args.lock_timeout)
     checked = "loaded beside the current release and checked by the canary" if args.url else "written"
     print(f"release {release.release} (bundle '{release.bundle}', calibration {release.calibration_version}) "

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import warnings
@@ -473,8 +474,10 @@ async def _serve_phases(config: BenchmarkConfig, grpc_url: str, schema: Ensemble
 
 
 def run_benchmark(config: BenchmarkConfig, grpc_url: str | None = None,
-                  log: Callable[[str], None] = print) -> BenchmarkResult:
-    """Time (a) and (b) in process, then (c) against ``grpc_url`` or an embedded server."""
+                  log: Callable[[str], None] | None = None) -> BenchmarkResult:
+    """Time (a) and (b) in process, then (c) against ``grpc_url`` or an embedded server; ``log``:
+    where its progress goes (if not given: this module's logger)."""
+    log = log or logging.getLogger(__name__).info
     from tce_client.schema import schema_for
 
     repository = Path(config.repository)

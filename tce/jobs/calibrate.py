@@ -22,10 +22,12 @@ from tce.lib.tables import read_frame, write_frame
 from tce_backends import graph
 from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, Bundle, Manifest
 from tce_backends.calibration import CALIBRATION_FILE, CalibratedBatch, Calibrator
-from tce_backends.errors import UsageError
+from tce_backends.errors import BundleError, UsageError
+from tce_backends.score_metrics import ReferenceScores
 from tce_backends.tasks import TaskSpec
 from tce_client.columns import (
     VERSION_COLUMN,
+    decision_column,
     single_task_class_index,
 )
 
@@ -47,16 +49,46 @@ def fit(bundle_dir: Path, predictions: Path, method: FitMethod = "isotonic", poi
         scores = by_task[task.name].matrix(frame)
         truth = true_labels(frame, task, label_column(task, all_tasks, labels or {}))
         calibrations[task.name] = fit_task(task, scores, truth, method, points)
-    calibrator = Calibrator(all_tasks, calibrations, label=label)
+    # A re-fit keeps the bundle's decision policy (tce calibrate thresholds chooses a new one).
+    calibrator = Calibrator(all_tasks, calibrations, label=label, policy=bundle.calibrator.policy)
+    reference = _reference_scores(bundle, frame, calibrator)
     # Written aside and swapped in whole (the manifest does not change): a failure or a kill
     # at any point leaves the bundle's calibration byte for byte as it was.
     try:
         with staged_directory(bundle.root / CALIBRATION_DIR) as staging:
             calibrator.save(staging, model_fingerprint=bundle.model_fingerprint())  # the model the tables are for
+            if reference is not None:
+                reference.save(staging)
     except OSError as error:
         raise UsageError(f"cannot write {bundle.root / CALIBRATION_DIR}: {error.strerror or error}; the bundle's "
                          "calibration was left as it was") from None
     return calibrator
+
+
+def _reference_scores(bundle: Bundle, frame: pd.DataFrame, calibrator: Calibrator) -> ReferenceScores | None:
+    """The drift reference the served calibrator compares live scores with: this file's scores,
+    raw and as ``calibrator`` calibrates them, for every task it holds scores of; the bundle's
+    earlier reference for the tasks it does not."""
+    tasks = bundle.manifest.tasks
+    raw = {}
+    for task in tasks:
+        try:
+            raw[task.name] = score_columns([task], frame, single=len(tasks) == 1)[0].matrix(frame)
+        except UsageError:
+            continue
+    try:
+        earlier = ReferenceScores.load(bundle.root / CALIBRATION_DIR, tasks)
+    except BundleError:
+        earlier = None  # damaged: replaced by this file's
+    if not raw:
+        return earlier
+    uniform = {t.name: np.full((len(frame), t.num_classes), 1.0 / t.num_classes) for t in tasks}
+    applied = calibrator.apply(np.concatenate([raw.get(t.name, uniform[t.name]) for t in tasks], axis=1))
+    try:
+        new = ReferenceScores.of_calibrated({t: applied.raw[t] for t in raw}, {t: applied.calibrated[t] for t in raw})
+    except ValueError as error:
+        raise UsageError(f"cannot store the drift reference: {error}") from None
+    return earlier.merged(new) if earlier is not None else new
 
 
 # -- apply -------------------------------------------------------------------------
@@ -109,7 +141,8 @@ def _calibrate_file(calibration: Path, input_path: Path
 
 
 def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Add calibrated columns and ``calibration_version``; columns of an earlier
+    """Add calibrated columns and ``calibration_version`` (and ``<task>_decision`` where the
+    calibration has a decision policy or the file a decision column); columns of an earlier
     calibration in the file are replaced, and the notes say so."""
     frame, calibrator, columns, result, notes = _calibrate_file(calibration, input_path)
     out = frame.copy()
@@ -124,6 +157,11 @@ def apply(calibration: Path, input_path: Path, output_path: Path) -> tuple[pd.Da
         else:
             for index, name in enumerate(names):
                 out[name] = calibrated[:, index]
+        decision = decision_column(column.task.name)  # the policy's decisions, as the server takes them
+        if decision in frame.columns or column.task.name in calibrator.policy.tasks:
+            out[decision] = np.array(calibrator.actions[column.task.name], dtype=object)[
+                result.decisions[column.task.name]]
+            written.append(decision)
     replaced = [name for name in (*written, VERSION_COLUMN) if name in frame.columns]
     if replaced:
         earlier = sorted(set(frame[VERSION_COLUMN].astype(str))) if VERSION_COLUMN in frame else ["unknown"]

@@ -1,6 +1,7 @@
 """``tce demo``: start the embedded server on a built repository, score sample
-records over HTTP and gRPC, print raw vs calibrated scores per task with
-per-request latency, and stop the server."""
+records over HTTP and gRPC, print per task the raw score, the calibrated score and
+the decision the calibration's policy takes on it, with per-request latency, and stop
+the server."""
 from __future__ import annotations
 
 import time
@@ -34,14 +35,17 @@ NOTES = ["wire-transfer scam", "item not received", "harassment", "benign", "emp
 
 
 def _format(prediction: Prediction) -> list[str]:
+    """Binary: "raw class-1 score -> calibrated score -> decision"; multiclass: "top raw class
+    and score -> top calibrated class and score -> decision"."""
     cells = []
     for name, result in prediction.tasks.items():
         if len(result.classes) == 2:
-            cells.append(f"{name}: raw {result.raw_score:.3f} -> cal {result.calibrated_score:.3f} ({result.label})")
+            cells.append(f"{name}: raw {result.raw_score:.3f} -> cal {result.calibrated_score:.3f} "
+                         f"-> {result.decision}")
         else:
             top = int(result.calibrated.argmax())
-            cells.append(f"{name}: {result.label} raw {result.raw.max():.3f}, "
-                         f"{result.classes[top]} cal {result.calibrated[top]:.3f}")
+            cells.append(f"{name}: raw {result.label} {result.raw.max():.3f} -> cal {result.classes[top]} "
+                         f"{result.calibrated[top]:.3f} -> {result.decision}")
     return cells
 
 

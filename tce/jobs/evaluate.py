@@ -7,7 +7,11 @@ For every task the raw and the calibrated scores are evaluated side by side
 model's score column, the two models compared (seed 002's switches:
 ``tce.lib.seed_evaluation``). A predictions file without calibrated columns (seed 001's
 ``prob_class_<i>`` only) is evaluated on its raw scores, the calibrated metrics absent
-(``null`` in ``metrics.json``). ``OUT`` receives ``eval_predictions.<fmt>``,
+(``null`` in ``metrics.json``). Beside the fixed thresholds 0.3/0.5/0.7, each task's decisions
+are measured (``decisions`` in ``metrics.json``, per action: volume, precision and recall with
+bootstrap intervals, ``tce.lib.thresholds``): the ``<task>_decision`` column as served, or,
+for a file without it, the ``--bundle``'s decision policy applied to the calibrated columns.
+``OUT`` receives ``eval_predictions.<fmt>``,
 ``metrics.json``, ``metrics_summary.txt``, the PNGs, seed 002's own layout in ``OUT/eval``
 and ``OUT/metrics`` (``tce.lib.seed_evaluation``), and ``_SUCCESS`` and ``_HEALTH`` last.
 
@@ -22,6 +26,7 @@ calibration tables only shows in the calibrated metrics).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -41,17 +46,23 @@ from tce.lib.parts import HEALTH, SUCCESS, write_markers
 from tce.lib.rejects import RejectLimit
 from tce.lib.seed_evaluation import ComparisonOptions
 from tce.lib.tables import TableSource, file_format, read_frame, write_frame
-from tce_backends.bundle import Manifest
+from tce.lib.thresholds import LEVEL, measure_decisions
+from tce_backends.bundle import CALIBRATION_DIR, Manifest
+from tce_backends.calibration import load_policy
 from tce_backends.contract import release_model_name
+from tce_backends.decisions import DecisionPolicy
 from tce_backends.errors import UsageError
 from tce_backends.tasks import TaskSpec
 from tce_client import DEFAULT_MODEL, CalibratedClassifierClient
 from tce_client.columns import (
     VERSION_COLUMN,
+    decision_column,
     probability_columns,
     tasks_in_columns,
     true_label_column,
 )
+
+log = logging.getLogger(__name__)
 
 OUTPUT_STEM = "eval_predictions"
 SCORING_DIR = ".scoring"
@@ -106,6 +117,7 @@ class EvaluatedTask:
     label_column: str
     scores: plots.TaskScores
     metrics: dict[str, dict[str, float] | None]   # "raw" / "calibrated" -> metrics (None: no calibrated scores)
+    decisions: dict[str, Any] | None = None        # what its decisions achieve (None: the file has none)
 
 
 @dataclass(frozen=True)
@@ -263,14 +275,40 @@ def _compare(job: EvaluateJob, frame: pd.DataFrame, evaluated: list[EvaluatedTas
     return comparison
 
 
+def _bundle_policy(job: EvaluateJob) -> DecisionPolicy:
+    """The ``--bundle``'s decision policy (none without a bundle)."""
+    return load_policy(Path(job.bundle) / CALIBRATION_DIR) if job.bundle is not None else DecisionPolicy()
+
+
+def _task_decisions(job: EvaluateJob, frame: pd.DataFrame, task: TaskSpec, series: Mapping[str, np.ndarray],
+                    truth: np.ndarray, policy: DecisionPolicy) -> dict[str, Any] | None:
+    """What the task's decisions achieve: the ``<task>_decision`` column, else the bundle's policy
+    applied to the calibrated scores; None when there are neither."""
+    column, task_policy = decision_column(task.name), policy.tasks.get(task.name)
+    if column in frame:
+        decisions, source = frame[column].astype(str).to_numpy(dtype=object), f"the {column} column"
+    elif task_policy is not None and "calibrated" in series:
+        decider = task_policy.decider(task)
+        decisions = np.array(decider.actions, dtype=object)[decider.decide(series["calibrated"])]
+        source = "the bundle's decision policy applied to the calibrated columns"
+    else:
+        return None
+    measured = measure_decisions(task, decisions, series.get("calibrated", series["raw"]), truth, task_policy,
+                                 job.bootstrap_samples)
+    return {"source": source, "policy": task_policy.describe() if task_policy is not None else None,
+            "bootstrap": {"samples": job.bootstrap_samples, "level": LEVEL},
+            "actions": [action.as_dict() for action in measured.actions]}
+
+
 def evaluate_frame(job: EvaluateJob, frame: pd.DataFrame, tasks: tuple[TaskSpec, ...],
                    labels: Mapping[str, str], single: bool | None = None
                    ) -> tuple[list[EvaluatedTask], dict[str, Any] | None]:
-    """Metrics per task (raw, and calibrated where present) and the comparison, from a
-    scored frame; ``single``: the file names one task's columns unprefixed (default: one
+    """Metrics per task (raw, and calibrated where present), its decisions and the comparison,
+    from a scored frame; ``single``: the file names one task's columns unprefixed (default: one
     task given)."""
     single = len(tasks) == 1 if single is None else single
     evaluated = []
+    policy = _bundle_policy(job)
     for task in tasks:
         series = _task_series(frame, task, single)
         truth = true_labels(frame, task, labels[task.name])
@@ -278,7 +316,8 @@ def evaluate_frame(job: EvaluateJob, frame: pd.DataFrame, tasks: tuple[TaskSpec,
         metrics: dict[str, dict[str, float] | None] = {"raw": None, "calibrated": None}
         metrics.update({kind: evaluation.task_metrics(truth, probabilities, job.bins)
                         for kind, probabilities in series.items()})
-        evaluated.append(EvaluatedTask(task, labels[task.name], scores, metrics))
+        evaluated.append(EvaluatedTask(task, labels[task.name], scores, metrics,
+                                       _task_decisions(job, frame, task, series, truth, policy)))
     if job.previous_score_field is None:
         return evaluated, None
     return evaluated, _compare(job, frame, evaluated)
@@ -323,6 +362,32 @@ def _task_lines(task: EvaluatedTask, comparison: dict[str, Any] | None) -> list[
     if calibrated is None:
         lines.append("  calibrated: absent (the predictions have no calibrated_prob_class_<i> columns; "
                      "'tce calibrate apply' adds them)")
+    return lines + _decision_lines(task)
+
+
+def _interval(value: dict[str, float | None] | None) -> str:
+    if value is None or value["value"] is None:
+        return "-"
+    if value["low"] is None:
+        return f"{value['value']:.3f}"
+    return f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def _decision_lines(task: EvaluatedTask) -> list[str]:
+    """The decisions beside the fixed thresholds: per action its share, precision and recall."""
+    decisions = task.decisions
+    if decisions is None:
+        return []
+    measured = ("of class 1 at or above each action" if task.spec.kind == "binary"
+                else "of each class among the records decided as it")
+    lines = [f"  decisions ({decisions['source']}; precision and recall {measured}, "
+             f"[{decisions['bootstrap']['level']:.0%} bootstrap interval]):",
+             f"    {'action':<18}{'from':>10}{'records':>9}  {'volume':<22}{'precision':<22}recall"]
+    for action in decisions["actions"]:
+        start = "-" if action["threshold"] is None else f"{action['threshold']:.4g}"
+        lines.append(f"    {action['action']:<18}{start:>10}{action['records']:>9}  "
+                     f"{_interval(action['volume']):<22}{_interval(action['precision']):<22}"
+                     f"{_interval(action['recall'])}")
     return lines
 
 
@@ -490,7 +555,8 @@ def _clear_markers(out: Path) -> None:
             (folder / marker).unlink(missing_ok=True)
 
 
-def run_evaluate(job: EvaluateJob, note: Callable[[str], None] = print) -> EvaluationReport:
+def run_evaluate(job: EvaluateJob, note: Callable[[str], None] | None = None) -> EvaluationReport:
+    note = note or log.info
     out = job.output
     out.mkdir(parents=True, exist_ok=True)
     _clear_markers(out)
@@ -503,7 +569,8 @@ def run_evaluate(job: EvaluateJob, note: Callable[[str], None] = print) -> Evalu
     _draw(evaluated, comparison, out, job.bins)
     report = {"records": len(frame), "calibration_version": versions, "source": str(job.input or job.predictions),
               "tasks": {t.spec.name: {"kind": t.spec.kind, "classes": list(t.spec.classes),
-                                      "label_column": t.label_column, **t.metrics} for t in evaluated},
+                                      "label_column": t.label_column, **t.metrics, "decisions": t.decisions}
+                        for t in evaluated},
               "comparison": comparison}
     (out / "metrics.json").write_text(json.dumps(_finite(report), indent=1), encoding="utf-8")
     summary = summary_text(len(frame), evaluated, comparison, versions)

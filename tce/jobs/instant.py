@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -263,8 +264,10 @@ class InstantResult:
         return {"in_process_one_core": self.in_process, "served": self.served, "ratios": self.ratios()}
 
 
-def run_instant(config: InstantConfig, work_dir: Path, log: Callable[[str], None] = print) -> InstantResult:
-    """Copy the repository with the instant model into ``work_dir``, time in process, then served."""
+def run_instant(config: InstantConfig, work_dir: Path, log: Callable[[str], None] | None = None) -> InstantResult:
+    """Copy the repository with the instant model into ``work_dir``, time in process, then served
+    (``log``: where its progress goes; if not given: this module's logger)."""
+    log = log or logging.getLogger(__name__).info
     from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 
     repository = instant_repository(Path(config.repository), Path(work_dir) / "instant_repository",

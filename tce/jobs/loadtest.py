@@ -6,6 +6,7 @@ Triton server for the duration of the run (free ports), warms it up, and stops i
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -97,6 +98,6 @@ def run(config: LoadTestConfig, repository: Path | None = None, http_url: str | 
     if repository is None:
         raise UsageError("give a repository to serve, or both --http-url and --grpc-url")
     with EmbeddedServer(ServerConfig(Path(repository), *free_ports())) as server:
-        print(f"embedded Triton serving {repository} (HTTP {server.config.http_url}, gRPC {server.config.grpc_url})",
-              flush=True)
+        logging.getLogger(__name__).info(f"embedded Triton serving {repository} (HTTP {server.config.http_url}, "
+                                         f"gRPC {server.config.grpc_url})")
         return drive(server.config.http_url, server.config.grpc_url)

@@ -23,6 +23,7 @@ import asyncio
 import csv
 import dataclasses
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ SEED_FORMATS = ("seed-json", "seed-csv")
 FORMATS = (*TABLE_FORMATS, *SEED_FORMATS)
 OUTPUT_STEM = "inference_predictions"
 CHUNKS_IN_FLIGHT = 2  # the next chunk is read and encoded while the current one is scored
+
+log = logging.getLogger(__name__)
 
 
 class JobStopped(TceError):
@@ -165,12 +168,13 @@ def _prediction_columns(schema: EnsembleSchema, outputs: dict[str, np.ndarray], 
     return output_columns(written, outputs)
 
 
-def run_predict(job: PredictJob, note: Callable[[str], None] = print) -> PredictResult:
+def run_predict(job: PredictJob, note: Callable[[str], None] | None = None) -> PredictResult:
+    """``note``: where the job's notes go (if not given: this module's logger)."""
     """Score every input row into ``job.output``. The input's columns, the named
     columns and the options are checked before anything is scored."""
     source = TableSource(job.input)
     kept = kept_columns(job, source.columns)
-    runner = _Runner(job, source, kept, note)
+    runner = _Runner(job, source, kept, note or log.info)
     try:
         return asyncio.run(runner.run())
     except KeyboardInterrupt:

@@ -104,7 +104,7 @@ def sample_records(bundle: Bundle) -> list[dict[str, Any]]:
 def check_served(url: str, ensemble: str, release: Release, reference: ReferencePipeline,
                  records: Sequence[dict[str, Any]]) -> None:
     """The served release answers the canary, and answers ``records`` as ``reference`` does
-    (raw and calibrated within 1e-5, the same labels and calibration version, its release
+    (raw and calibrated within 1e-5, the same decisions and calibration version, its release
     number); else one ``UsageError`` line saying what differs."""
     model = release_model_name(ensemble, release.release)
     problem = Canary(url, model).probe()
@@ -133,6 +133,12 @@ def check_served(url: str, ensemble: str, release: Release, reference: Reference
                     raise UsageError(f"release {release.release} answers record {row} differently from its bundle's "
                                      f"reference pipeline: task {task.name!r} {part} differs by {gap:.3g} "
                                      f"(more than {TOLERANCE:g})")
+            if "decision" in task.outputs:
+                want_decision = expected[task.outputs["decision"]][row, 0].decode()
+                if prediction[task.name].decision != want_decision:
+                    raise UsageError(f"release {release.release} decides record {row} of task {task.name!r} as "
+                                     f"{prediction[task.name].decision!r}, its bundle's reference pipeline as "
+                                     f"{want_decision!r}")
 
 
 # -- the server side of a release --------------------------------------------------------

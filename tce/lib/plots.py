@@ -192,3 +192,24 @@ def comparison_distributions(task: str, labels: np.ndarray, new: np.ndarray, pre
         axis.set_title(f"{title}: {task}")
         axis.legend(fontsize=7)
     return _save(figure, path)
+
+
+def calibration_over_time(task: str, windows: list[str], records: list[int], ece: dict[str, list[float]],
+                          path: Path) -> Path:
+    """ECE per time window for each score kind (top; NaN: not measured) and the labelled
+    records of each window (bottom)."""
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.5 * len(windows) + 3), 6), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1.2]})
+    x = np.arange(len(windows))
+    for (kind, values), style in zip(ece.items(), ("o-", "s--", "^:"), strict=False):
+        if not np.all(np.isnan(np.asarray(values, dtype=np.float64))):
+            top.plot(x, values, style, label=f"{kind} ECE")
+    top.set_ylabel("ECE")
+    top.set_ylim(bottom=0)
+    top.set_title(f"calibration over time: {task}", fontsize=10)
+    top.legend(fontsize=8)
+    bottom.bar(x, records, color="tab:gray")
+    bottom.set_ylabel("labelled records")
+    bottom.set_xticks(x, windows, rotation=45, ha="right", fontsize=8)
+    return _save(figure, path)

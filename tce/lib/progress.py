@@ -1,18 +1,23 @@
 """Progress of a batch job: a bar with records/s on a terminal, a plain line every
-``interval_s`` otherwise (CI logs, files)."""
+``interval_s`` otherwise (CI logs, files): logged (``tce.lib.logs``), with the counts as fields."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import IO, Callable
 
+log = logging.getLogger(__name__)
+
 
 class Progress:
+    """``stream``: write the lines there (if not given: log them, and draw the bar on a terminal's stderr)."""
+
     def __init__(self, total: int | None, label: str, stream: IO[str] | None = None, interval_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
         self.label = label
-        self.stream = stream or sys.stderr
+        self.stream = stream
         self.interval_s = interval_s
         self.clock = clock
         self.done = 0        # rows accounted for, skipped ones included
@@ -20,10 +25,10 @@ class Progress:
         self.started = clock()
         self._last_line = self.started
         self._bar = None
-        if self.stream.isatty():
+        if (stream or sys.stderr).isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit="rec", file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=label, unit="rec", file=stream or sys.stderr, dynamic_ncols=True)
 
     @property
     def rate(self) -> float:
@@ -48,8 +53,12 @@ class Progress:
         self._last_line = self.clock()
         of = f"/{self.total}" if self.total is not None else ""
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        print(f"{self.label}: {self.done}{of} records{share}, {self.rate:.1f} records/s", file=self.stream,
-              flush=True)
+        line = f"{self.label}: {self.done}{of} records{share}, {self.rate:.1f} records/s"
+        if self.stream is not None:
+            print(line, file=self.stream, flush=True)
+        else:
+            log.info(line, extra={"records_done": self.done, "records_total": self.total,
+                                  "records_per_s": round(self.rate, 1)})
 
     def close(self) -> None:
         if self._bar is not None:

@@ -11,7 +11,9 @@ ensemble is a chain, and only its first step sees what a caller sends:
                            ``tritonserver --model-config-name=libtorch``), one model.pt
     calibrator/            python   probabilities -> raw, calibrated, label per task, and
                                     the release that answered (release.json per version)
-    <ensemble>/            ensemble wiring every input and output; pins the current release
+    <ensemble>/            ensemble wiring every input and output; pins the current release;
+                           publishes the schema (tce_schema) and, when the bundle stores one,
+                           its reference score distribution (tce_score_reference)
     <ensemble>-release-1/  the same, named for release 1 (callers may name a release)
     releases.json          the repository's releases (tce.repository.releases)
 
@@ -39,10 +41,18 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from tce.repository.host_sizing import HostSizing
 from tce.repository.releases import first_release
-from tce_backends.bundle import MANIFEST_FILE, MODEL_FILE, Bundle, Manifest
-from tce_backends.contract import RELEASE_INFO_FILE, SCHEMA_PARAMETER, TensorSpec, release_model_name
+from tce_backends.bundle import CALIBRATION_DIR, MANIFEST_FILE, MODEL_FILE, Bundle, Manifest
+from tce_backends.contract import (
+    RELEASE_INFO_FILE,
+    SCHEMA_PARAMETER,
+    SCORE_REFERENCE_PARAMETER,
+    TensorSpec,
+    release_model_name,
+)
 from tce_backends.errors import UsageError
 from tce_backends.graph import CALIBRATOR, MULTIMODAL_MODEL, PREPROCESSOR, STEP_KINDS, EnsembleGraph, ensemble_graph
+from tce_backends.score_metrics import ReferenceScores
+from tce_backends.tasks import TaskSpec
 from tce_backends.text import TextFieldConfig
 from tce_client import DEFAULT_MODEL
 from tce_client.schema import schema_for
@@ -277,6 +287,24 @@ def pin_ensemble(config: pb.ModelConfig, name: str, steps: Mapping[str, int]) ->
     return pinned
 
 
+def score_reference_json(version_dir: Path, tasks: Sequence[TaskSpec]) -> str:
+    """The reference score distribution stored in ``version_dir/calibration`` (a bundle or a
+    calibrator version) as the ensemble publishes it; "" when it stores none."""
+    reference = ReferenceScores.load(Path(version_dir) / CALIBRATION_DIR, tasks)
+    return reference.to_json() if reference is not None else ""
+
+
+def publish_score_reference(config: pb.ModelConfig, calibrator_version_dir: Path) -> pb.ModelConfig:
+    """``config`` (an ensemble) publishes the reference of the calibrator version it pins."""
+    version_dir = Path(calibrator_version_dir)
+    reference = score_reference_json(version_dir, Manifest.load(version_dir).tasks)
+    if reference:
+        config.parameters[SCORE_REFERENCE_PARAMETER].string_value = reference
+    elif SCORE_REFERENCE_PARAMETER in config.parameters:
+        del config.parameters[SCORE_REFERENCE_PARAMETER]
+    return config
+
+
 def read_config(path: Path) -> pb.ModelConfig:
     return text_format.Parse(Path(path).read_text(encoding="utf-8"), pb.ModelConfig())
 
@@ -286,9 +314,11 @@ def render_config(config: pb.ModelConfig) -> str:
 
 
 def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
-                 options: RepositoryOptions = RepositoryOptions(), version: int = 1) -> RepositoryConfigs:
+                 options: RepositoryOptions = RepositoryOptions(), version: int = 1,
+                 score_reference: str = "") -> RepositoryConfigs:
     """Every config of the repository as release 1 (each step's ``version``), from the one
-    ``EnsembleGraph`` of this bundle."""
+    ``EnsembleGraph`` of this bundle; the ensembles publish ``score_reference`` (JSON of the
+    bundle's ``ReferenceScores``) when given."""
     graph = ensemble_graph(manifest, text_fields)
     batch = options.max_batch_size
     timeout_us = options.queue_timeout_ms * 1000
@@ -313,8 +343,9 @@ def make_configs(manifest: Manifest, text_fields: Sequence[TextFieldConfig],
     calibrator = step(CALIBRATOR, Batching(options.python_queue_delay_us, options.max_queue_size, timeout_us),
                       instance_count=options.calibrator_instances)
     pins = tuple((name, version) for name in STEP_KINDS)
-    ensemble = EnsembleConfig(options.ensemble_name, graph, batch,
-                              parameters=((SCHEMA_PARAMETER, schema_for(manifest).to_json()),), pins=pins)
+    parameters = ((SCHEMA_PARAMETER, schema_for(manifest).to_json()),
+                  *(((SCORE_REFERENCE_PARAMETER, score_reference),) if score_reference else ()))
+    ensemble = EnsembleConfig(options.ensemble_name, graph, batch, parameters=parameters, pins=pins)
     first = replace(ensemble, name=release_model_name(options.ensemble_name, 1))
     return RepositoryConfigs(preprocessor, model_python, model_libtorch, calibrator, ensemble, (first,))
 
@@ -408,7 +439,8 @@ def write_repository(bundle: Bundle, out: Path | str, options: RepositoryOptions
     when a check shows the same outputs (``tce.models.length_trim``); ``say`` hears how."""
     out = Path(out)
     calibration_problem(bundle)
-    configs = make_configs(bundle.manifest, bundle.text.fields, options, version)
+    configs = make_configs(bundle.manifest, bundle.text.fields, options, version,
+                           score_reference_json(bundle.root, bundle.manifest.tasks))
     _remove_stale(out, {*STEP_ARTIFACTS, options.ensemble_name}, version)
     for relative, text in configs.files().items():
         path = out / relative

@@ -27,6 +27,7 @@ from tce.repository.builder import (
     make_configs,
     pin_ensemble,
     prepare_model,
+    publish_score_reference,
     read_config,
     release_info,
     render_config,
@@ -145,6 +146,7 @@ def write_release_ensemble(repository: Path, ensemble: str, release: Release) ->
     (staging / "1").mkdir(parents=True)
     (staging / "1" / ".gitkeep").touch()
     pinned = pin_ensemble(read_config(repository / ensemble / "config.pbtxt"), name, release.steps)
+    publish_score_reference(pinned, repository / CALIBRATOR / str(release.steps[CALIBRATOR]))
     (staging / "config.pbtxt").write_text(render_config(pinned), encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)
@@ -155,7 +157,9 @@ def write_release_ensemble(repository: Path, ensemble: str, release: Release) ->
 def pin_current(repository: Path, ensemble: str, release: Release) -> None:
     """The ensemble ``<ensemble>`` answers with ``release``."""
     path = repository / ensemble / "config.pbtxt"
-    replace_file(path, render_config(pin_ensemble(read_config(path), ensemble, release.steps)))
+    pinned = pin_ensemble(read_config(path), ensemble, release.steps)
+    publish_score_reference(pinned, repository / CALIBRATOR / str(release.steps[CALIBRATOR]))
+    replace_file(path, render_config(pinned))
 
 
 def pinned_steps(repository: Path, ensemble: str) -> dict[str, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from tce_gateway.launcher import Gateway
 from tce.serving.processes import die_with_parent, kill_group, pid_alive
 from tce.serving.security import generate_admin_key, restricted_api_args, write_admin_key
+from tce.serving.tracing import TraceConfig
 from tce_backends.errors import TceError
 from tce_client.client import DEFAULT_MODEL
 
@@ -49,6 +51,7 @@ SHM_DIR = Path("/dev/shm")
 RUN_DIR_PREFIX = "tce-triton-"
 ADMIN_KEY_FILE = "admin-key"
 LOG_FILE = "tritonserver.log"
+log = logging.getLogger(__name__)
 
 
 class ServerError(TceError):
@@ -76,6 +79,7 @@ class ServerConfig:
     startup_timeout_s: float = 180.0
     admin_key: str | None = None  # None: a fresh random key per server (EmbeddedServer.admin_key)
     extra_args: tuple[str, ...] = ()
+    trace: TraceConfig | None = None  # Triton's request tracing (tce.serving.tracing); None: off
 
     def __post_init__(self) -> None:
         repository = Path(self.model_repository)
@@ -245,6 +249,8 @@ class EmbeddedServer:
         args += [f"--load-model={name}" for name in c.load_models]
         if c.model_config_name:
             args.append(f"--model-config-name={c.model_config_name}")
+        if c.trace is not None:
+            args += c.trace.args()
         return [*args, *c.extra_args]
 
     @property
@@ -422,13 +428,14 @@ class _Supervised:
 
 def replica_configs(config: ServerConfig, replicas: int) -> list[ServerConfig]:
     """``config`` for the first replica, free loopback ports for the others."""
-    others = [dataclasses.replace(config, http_port=h, grpc_port=g, metrics_port=m)
-              for h, g, m in (free_ports(3) for _ in range(replicas - 1))]
+    others = [dataclasses.replace(config, http_port=h, grpc_port=g, metrics_port=m,
+                                  trace=config.trace.for_replica(i) if config.trace else None)
+              for i, (h, g, m) in enumerate((free_ports(3) for _ in range(replicas - 1)), start=1)]
     return [config, *others]
 
 
 def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: Sequence[str] = (),
-                  watchdog: Watchdog = Watchdog(), print_: Callable[[str], None] = print,
+                  watchdog: Watchdog = Watchdog(),
                   gateway: "GatewayConfig | None" = None, replicas: int = 1, operator_key: str | None = None,
                   default_model: str = DEFAULT_MODEL) -> int:
     """Foreground serving for ``tce serve``: ``replicas`` Tritons, optionally behind the
@@ -452,22 +459,22 @@ def serve_forever(config: ServerConfig, log_path: Path | None = None, announce: 
     try:
         for replica in supervised:
             replica.server.start()
-            _say_ready(replica, print_, operator_key if gateway is not None else None)
+            _say_ready(replica, operator_key if gateway is not None else None)
         if gateway is not None:
-            front = _start_gateway(gateway, supervised, operator_key, default_model, print_)
+            front = _start_gateway(gateway, supervised, operator_key, default_model)
         for line in announce:
-            print_(line)
-        code = _Supervisor(supervised, watchdog, front, lambda: signals["count"] > 0, print_).run()
+            log.info(line)
+        code = _Supervisor(supervised, watchdog, front, lambda: signals["count"] > 0).run()
     finally:
         if signals["count"]:
-            print_("stopping Triton: waiting for in-flight requests (Ctrl-C again to kill it now) ...")
+            log.info("stopping Triton: waiting for in-flight requests (Ctrl-C again to kill it now) ...")
         if front is not None:
             front.stop()
-        graceful = all([r.server.stop(force=lambda: signals["count"] > 1, report=print_, keep_log=code != 0)
+        graceful = all([r.server.stop(force=lambda: signals["count"] > 1, report=log.info, keep_log=code != 0)
                         for r in supervised])
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return _farewell(code, graceful, supervised[0].server, print_)
+    return _farewell(code, graceful, supervised[0].server)
 
 
 def _replicas(config: ServerConfig, count: int, gateway: bool, operator_key: str | None,
@@ -482,33 +489,33 @@ def _replicas(config: ServerConfig, count: int, gateway: bool, operator_key: str
             for i, c in enumerate(replica_configs(config, count))]
 
 
-def _farewell(code: int, graceful: bool, server: EmbeddedServer, print_: Callable[[str], None]) -> int:
+def _farewell(code: int, graceful: bool, server: EmbeddedServer) -> int:
     if code:
-        print_(f"log kept: {server.log_path}")
+        log.error(f"log kept: {server.log_path}")
         return code
     if not graceful:
-        print_("Triton killed; shared memory removed.")
+        log.warning("Triton killed; shared memory removed.")
         return 130
-    print_("Triton stopped.")
+    log.info("Triton stopped.")
     return 0
 
 
-def _say_ready(replica: _Supervised, print_: Callable[[str], None], operator_key: str | None) -> None:
+def _say_ready(replica: _Supervised, operator_key: str | None) -> None:
     server, config = replica.server, replica.server.config
-    print_(f"Triton ready{replica.name}: HTTP {config.http_url}, gRPC {config.grpc_url}, metrics "
+    log.info(f"Triton ready{replica.name}: HTTP {config.http_url}, gRPC {config.grpc_url}, metrics "
            f"http://{config.host}:{config.metrics_port}/metrics (log: {server.log_path})")
     if replica.name and not replica.name.endswith("0)"):
         return
     if operator_key:
-        print_("admin key: the one you gave (the gateway checks it; Triton runs with a key made for this run, "
+        log.info("admin key: the one you gave (the gateway checks it; Triton runs with a key made for this run, "
                f"in {server.admin_key_file})")
     else:
-        print_(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
+        log.info(f"admin key (model control, shared memory, logging, trace): {server.admin_key_file} "
                f"(export TCE_ADMIN_KEY_FILE={server.admin_key_file})")
 
 
 def _start_gateway(config: "GatewayConfig", supervised: list[_Supervised], operator_key: str | None,
-                   default_model: str, print_: Callable[[str], None]) -> "Gateway":
+                   default_model: str) -> "Gateway":
     from tce_gateway.config import Replica
     from tce_gateway.errors import GatewayError
     from tce_gateway.launcher import Gateway
@@ -523,10 +530,10 @@ def _start_gateway(config: "GatewayConfig", supervised: list[_Supervised], opera
         raise ServerError(f"the gateway did not start: {error}") from None
     ports = [f"{name} {config.address}:{port}" for name, port in (
         ("HTTP", config.http_port), ("gRPC", config.grpc_port), ("SageMaker", config.sagemaker_port)) if port]
-    print_(f"gateway ready: {', '.join(ports)} (every request checked and rebuilt; bodies capped at "
+    log.info(f"gateway ready: {', '.join(ports)} (every request checked and rebuilt; bodies capped at "
            f"{config.limits.max_body_bytes} bytes; Triton listens on {supervised[0].server.config.host} only)")
     if config.sagemaker_port is not None:
-        print_(f"SageMaker protocol on {config.address}:{config.sagemaker_port}: GET /ping, POST /invocations "
+        log.info(f"SageMaker protocol on {config.address}:{config.sagemaker_port}: GET /ping, POST /invocations "
                f"runs '{default_model}' (Triton's own SageMaker listener is not started)")
     return front
 
@@ -536,9 +543,9 @@ class _Supervisor:
     ``watchdog.interval_s``) and the gateway's processes until told to stop."""
 
     def __init__(self, supervised: list[_Supervised], watchdog: Watchdog, front: "Gateway | None",
-                 stopping: Callable[[], bool], print_: Callable[[str], None]) -> None:
+                 stopping: Callable[[], bool]) -> None:
         self.supervised, self.watchdog, self.front = supervised, watchdog, front
-        self.stopping, self.print_ = stopping, print_
+        self.stopping = stopping
         for replica in supervised:
             replica.watch = self._watch(replica.server)
             replica.next_check = time.monotonic() + watchdog.interval_s
@@ -553,9 +560,9 @@ class _Supervisor:
             time.sleep(0.25)
             if self.front is not None:
                 for part in self.front.check():
-                    self.print_(f"tce serve: the gateway's {part} stopped; started it again")
+                    log.warning(f"tce serve: the gateway's {part} stopped; started it again")
                 for line in self.front.door_lines():  # shadow and canary counts, releases.json problems
-                    self.print_(line)
+                    log.info(line)
             for replica in self.supervised:
                 problem = replica.problem(self.watchdog)
                 if problem and not self.stopping():
@@ -569,11 +576,11 @@ class _Supervisor:
         replica.restarts = [t for t in replica.restarts if now - t < watchdog.restart_window_s] + [now]
         count = len(replica.restarts)
         if count > watchdog.max_restarts:
-            self.print_(f"tce serve: error: {problem}; gave up after {watchdog.max_restarts} restarts in "
+            log.error(f"tce serve: error: {problem}; gave up after {watchdog.max_restarts} restarts in "
                         f"{watchdog.restart_window_s:.0f} s (log: {replica.server.log_path})")
             return 3
         pause = watchdog.pause_before(count)
-        self.print_(f"tce serve: {problem}; restarting Triton{replica.name} (restart {count} of at most "
+        log.warning(f"tce serve: {problem}; restarting Triton{replica.name} (restart {count} of at most "
                     f"{watchdog.max_restarts}{f', after {pause:.0f} s' if pause else ''})")
         deadline = time.monotonic() + pause
         while time.monotonic() < deadline and not self.stopping():
@@ -584,9 +591,9 @@ class _Supervisor:
         try:  # a broken server's requests in flight fail anyway: waiting for them only widens the gap
             replica.server.restart(grace_s=1.0)
         except ServerError as error:
-            self.print_(f"tce serve: Triton{replica.name} did not come back: {str(error).splitlines()[0]}")
+            log.error(f"tce serve: Triton{replica.name} did not come back: {str(error).splitlines()[0]}")
             return 0  # not running: the next round restarts it again, within the budget
-        self.print_(f"Triton ready again{replica.name}: HTTP {replica.server.config.http_url} "
+        log.info(f"Triton ready again{replica.name}: HTTP {replica.server.config.http_url} "
                     f"({time.monotonic() - started:.1f} s to restart)")
         replica.watch = self._watch(replica.server)
         replica.next_check = time.monotonic() + watchdog.interval_s

@@ -20,15 +20,20 @@ import torch
 from tce.lib import demo_data
 from tce.lib.calibration_metrics import TaskMetrics, metrics_table, task_metrics
 from tce.lib.fitting import FitMethod, fit_task
+from tce.lib.tables import write_frame
+from tce.lib.thresholds import choose_policy, parse_target
 from tce.models.encoders import minilm_dir
 from tce.trainer.modeling import BertConfig, BertEncoder, MultimodalClassifier, export_torchscript
-from tce_backends.bundle import Bundle, Manifest
+from tce_backends.bundle import CALIBRATION_DIR, Bundle, Manifest
 from tce_backends.calibration import Calibrator
+from tce_backends.decisions import DecisionPolicy
 from tce_backends.errors import UsageError
 from tce_backends.features import FeatureLayout
+from tce_backends.score_metrics import ReferenceScores
 from tce_backends.tabular import RiskTable, TabularPreprocessor
 from tce_backends.tasks import TaskSpec, task_columns
 from tce_backends.text import TextFieldConfig, TextPreprocessor
+from tce_client.columns import probability_columns, true_label_column
 
 EncoderChoice = Literal["minilm", "tiny"]
 TaskSet = Literal["abuse_reason", "abuse", "reason", "score_fields"]
@@ -45,6 +50,13 @@ TASK_SETS: tuple[str, ...] = tuple(DEMO_TASK_SETS)
 FULL_STEPS = ("dialogue_splitter", "html_normalizer", "emoji_remover", "text_normalizer", "dialogue_chunker",
               "tokenizer")
 EVENT_STEPS = ("text_normalizer", "tokenizer")
+# The demo's decision targets (tce.lib.thresholds), chosen on the calibration split as `tce calibrate
+# thresholds` chooses them from its file (calibration_split.csv, written beside the bundle's parts).
+# Costs, because a cost target always has a cheapest policy, also for the small models the tests
+# train (a precision target may be out of their reach): a missed abuse case costs 5 reviews and
+# blocking a legit buyer 4; sending a reason to a person (abstain) costs 0.3 of a wrong one.
+DEMO_DECISION_TARGETS = ("abuse=cost:allow=0/5,review=1/1,block=4/0", "reason=cost:abstain=0.3")
+CALIBRATION_SPLIT_FILE = "calibration_split.csv"
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class TrainingConfig:
     epochs: int = 40
     learning_rate: float = 3e-3
     calibration_method: FitMethod = "isotonic"
+    decision_targets: tuple[str, ...] = DEMO_DECISION_TARGETS  # TASK=SPEC; a task the model lacks is skipped
     task_set: TaskSet = "abuse_reason"
     tasks: tuple[TaskSpec, ...] = ()  # instead of a task set: any tasks task_labels can label
     dialogue_max_length: int = 64
@@ -178,6 +191,36 @@ def train_heads(core: MultimodalClassifier, embeddings: list[torch.Tensor], tabu
     core.eval()
 
 
+def calibration_split_frame(tasks: Sequence[TaskSpec], probabilities: np.ndarray, split: pd.DataFrame
+                            ) -> pd.DataFrame:
+    """The calibration split's raw scores and true labels as a predictions file (tce_client.columns)."""
+    single, columns = len(tasks) == 1, task_columns(tasks)
+    frame = {}
+    for task in tasks:
+        names = probability_columns(task.name, task.num_classes, single)
+        frame.update(zip(names, probabilities[:, columns[task.name]].astype(np.float64).T, strict=True))
+        frame[true_label_column(task.name, single)] = task_labels(task, split)
+    return pd.DataFrame(frame)
+
+
+def demo_policy(tasks: Sequence[TaskSpec], calibrator: Calibrator, probabilities: np.ndarray, split: pd.DataFrame,
+                targets: Sequence[str], log=print) -> DecisionPolicy:
+    """Each target's policy on the calibrated calibration split, as ``tce calibrate thresholds``
+    chooses it from ``split`` (tasks the model lacks are skipped)."""
+    calibrated = calibrator.apply(probabilities).calibrated
+    known = {task.name: task for task in tasks}
+    chosen = {}
+    for text in targets:
+        name, target = parse_target(text)
+        if name in known:
+            truth = split[true_label_column(name, len(tasks) == 1)].to_numpy(dtype=np.int64)
+            choice = choose_policy(known[name], calibrated[name], truth, target, samples=0)
+            chosen[name] = choice.policy
+            log(f"decisions for {name}: {choice.policy.describe()} ({choice.target}, {choice.rows} calibration "
+                "records)")
+    return DecisionPolicy(chosen)
+
+
 def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=print) -> BuildReport:
     started = time.perf_counter()
     torch.manual_seed(config.seed)  # weight init and training order: same config, same bundle
@@ -230,11 +273,18 @@ def build_demo_bundle(out: Path, config: TrainingConfig = TrainingConfig(), log=
                                         task_labels(task, calibration_split), config.calibration_method)
                     for task in tasks}
     calibrator = Calibrator(tasks, calibrations)
+    split = calibration_split_frame(tasks, calibration_probs, calibration_split)
+    calibrator = Calibrator(tasks, calibrations, policy=demo_policy(tasks, calibrator, calibration_probs, split,
+                                                                    config.decision_targets, log))
 
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "model.pt"
     export_torchscript(core, model_path)
     Bundle.write(out, manifest, model_path, text, tabular, calibrator)
+    write_frame(split, out / CALIBRATION_SPLIT_FILE)
+    # The scores of the calibration data, binned as the calibrator's live histograms: the drift reference.
+    reference = calibrator.apply(calibration_probs)
+    ReferenceScores.of_calibrated(reference.raw, reference.calibrated).save(out / CALIBRATION_DIR)
 
     report = BuildReport(out, 0.0)
     test_probs = predict("test", test)

@@ -306,7 +306,7 @@ def test_bad_records_are_left_out_and_listed_and_the_job_succeeds(server, tmp_pa
     out = tmp_path / "out"
     assert "298 predictions written" in result.stdout
     assert f"note: 2 records could not be scored and are left out of the predictions; {out}/inference_rejects.csv " \
-           "lists them" in result.stdout
+           "lists them" in result.stderr  # a note: logged on stderr, the result on stdout
     assert (out / "_SUCCESS").is_file() and (out / "_HEALTH").is_file()
 
     rejects = pd.read_csv(out / "inference_rejects.csv")
@@ -380,7 +380,7 @@ def test_evaluate_leaves_rejected_records_out_of_the_metrics_and_says_how_many(s
                             capture_output=True, text=True, timeout=300, env={**ENV, "ID_FIELD": "record_id",
                                                                                 "LABEL_FIELD": "label_abuse"})
     assert result.returncode == 0, result.stderr
-    assert "note: 1 records could not be scored and are left out of the metrics" in result.stdout
+    assert "note: 1 records could not be scored and are left out of the metrics" in result.stderr
     rejects = pd.read_csv(tmp_path / "eval" / "eval_rejects.csv")
     assert rejects[["record_id", "row", "field"]].values.tolist() == [[frame["record_id"][3], 4, "dialogue"]]
     import json

@@ -77,7 +77,7 @@ def test_a_seed_001_consumer_reads_the_predictions(served, tmp_path, input_forma
 
     result = run_the_seed_s_way(served, inference_data, tmp_path / "output" / "predictions")
     assert result.returncode == 0, result.stderr
-    assert "DEVICE=cpu, NUM_WORKERS=0: the server decides" in result.stdout  # acknowledged, not silently dropped
+    assert "DEVICE=cpu, NUM_WORKERS=0: the server decides" in result.stderr  # acknowledged, not silently dropped
 
     predictions = seed_001_predictions(tmp_path / "output" / "predictions", input_format)
     assert predictions["record_id"].astype(str).tolist() == frame["record_id"].tolist()

@@ -81,8 +81,8 @@ def test_the_seed_command_line_writes_what_the_seed_consumer_reads(repository, t
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "TCE_ADMIN_KEY": "", "TCE_ADMIN_KEY_FILE": ""})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "--image_size 224 is ignored" in result.stdout
-    assert "the served ensemble, (c), runs where the server puts it" in result.stdout
+    assert "--image_size 224 is ignored" in result.stderr  # notes: logged on stderr
+    assert "the served ensemble, (c), runs where the server puts it" in result.stderr
 
     results = load_test_metrics(outputs, fold=0, split="val")
     row = report_row(results)

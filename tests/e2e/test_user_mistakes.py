@@ -60,7 +60,7 @@ def test_a_misspelt_column_stops_before_scoring_and_names_the_fix(served, record
     allowed = tce("predict", "--url", server.config.grpc_url, "--input", str(tmp_path / "typo.csv"),
                   "--output", str(tmp_path / "out"), "--id-field", "record_id", "--allow-missing-columns")
     assert allowed.returncode == 0, allowed.stderr
-    assert "note: column 'dialog' is not a model input and is not kept" in allowed.stdout
+    assert "note: column 'dialog' is not a model input and is not kept" in allowed.stderr
     assert len(pd.read_csv(tmp_path / "out" / "inference_predictions.csv")) == 40
 
 
@@ -148,7 +148,7 @@ def test_serve_never_believes_another_server(tmp_path, bimodal_bundle):
         result = tce("serve", "--repository", str(repository), "--http-port", str(port), "--grpc-port", str(grpc),
                      "--metrics-port", str(metrics))
     one_clear_line(result, f"HTTP port {port}", "already in use")
-    assert "Triton ready" not in result.stdout
+    assert "Triton ready" not in result.stdout + result.stderr
 
 
 def test_tce_schema_shows_inputs_feature_order_tasks_and_classes(served):

@@ -10,8 +10,19 @@ import pytest
 from tce.repository.builder import write_repository
 from tce.serving.server import EmbeddedServer, ServerConfig, free_ports
 from tce_backends.bundle import Bundle
+from tce_gateway.errors import GatewayError
+from tce_gateway.launcher import find_nginx
 
 pytestmark = pytest.mark.integration
+
+
+def nginx_missing() -> str:
+    """'' where nginx is installed, else why the gateway cannot start here (a skip reason)."""
+    try:
+        find_nginx()
+    except GatewayError as missing:
+        return str(missing)
+    return ""
 
 
 @dataclass(frozen=True)

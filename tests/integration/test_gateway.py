@@ -23,17 +23,12 @@ from tce.serving.security import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER
 from tce.serving.server import free_ports
 from tce_client import CalibratedClassifierClient
 from tce_gateway.config import GatewayConfig, Limits, Replica
-from tce_gateway.errors import GatewayError
-from tce_gateway.launcher import Gateway, find_nginx
+from tce_gateway.launcher import Gateway
 from tests.hostile import abuse_score, json_body, post, post_json
-from tests.integration.conftest import start_server
+from tests.integration.conftest import nginx_missing, start_server
 
 pytestmark = pytest.mark.integration
-try:
-    find_nginx()
-    NGINX = ""
-except GatewayError as missing:
-    NGINX = str(missing)
+NGINX = nginx_missing()
 needs_nginx = pytest.mark.skipif(bool(NGINX), reason=NGINX)
 HUGE_SHAPE = {"name": "numeric_features", "shape": [1, 1099511627776], "datatype": "FP64", "data": [1.0]}
 OPERATOR_KEY = "the-operators-own-key-0123456789"

@@ -28,17 +28,12 @@ from tce_backends.bundle import Bundle
 from tce_backends.contract import RELEASES_FILE, release_model_name
 from tce_client import DEFAULT_MODEL
 from tce_gateway.config import GatewayConfig, Replica
-from tce_gateway.errors import GatewayError
-from tce_gateway.launcher import Gateway, find_nginx
+from tce_gateway.launcher import Gateway
 from tests.hostile import GOOD_RECORD, json_body, post_json
-from tests.integration.conftest import start_server
+from tests.integration.conftest import nginx_missing, start_server
 
 pytestmark = pytest.mark.integration
-try:
-    find_nginx()
-    NGINX = ""
-except GatewayError as missing:
-    NGINX = str(missing)
+NGINX = nginx_missing()
 LABEL_TWO = "release-two"
 CANDIDATE = release_model_name(DEFAULT_MODEL, 2)
 

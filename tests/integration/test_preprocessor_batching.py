@@ -15,17 +15,12 @@ from tce.repository.builder import RepositoryOptions, write_repository
 from tce.serving.server import free_ports
 from tce_backends.graph import PREPROCESSOR
 from tce_gateway.config import GatewayConfig, Limits, Replica
-from tce_gateway.errors import GatewayError
-from tce_gateway.launcher import Gateway, find_nginx
+from tce_gateway.launcher import Gateway
 from tests.hostile import GOOD_RECORD, abuse_score, json_body, post_binary, post_json
-from tests.integration.conftest import start_server
+from tests.integration.conftest import nginx_missing, start_server
 
 pytestmark = pytest.mark.integration
-try:
-    find_nginx()
-    NGINX = ""
-except GatewayError as missing:
-    NGINX = str(missing)
+NGINX = nginx_missing()
 
 
 @pytest.fixture(scope="module")

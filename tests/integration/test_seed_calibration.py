@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -15,8 +14,10 @@ from tce.repository.builder import write_repository
 from tce.seed.importer import import_seed
 from tce.serving.server import EmbeddedServer
 from tce_backends.bundle import Bundle
+from tce_backends.canary import Canary
 from tce_client import CalibratedClassifierClient
 from tests.integration.conftest import start_server
+from tests.prometheus import scrape, value, wait_for
 from tests.seed_layout import seed_calibrated, write_seed
 
 pytestmark = pytest.mark.integration
@@ -119,11 +120,14 @@ def test_broken_calibration_falls_back_visibly(binary_bundle, tmp_path, varied_r
         for p in predictions:
             assert p["abuse"].calibration_fallback
             np.testing.assert_array_equal(p["abuse"].calibrated, p["abuse"].raw)
-        with urllib.request.urlopen(f"http://{server.config.host}:{server.config.metrics_port}/metrics") as r:
-            metrics = r.read().decode()
-        counter = [line for line in metrics.splitlines()
-                   if line.startswith("tce_calibration_fallback_total") and 'task="abuse"' in line]
-        assert counter and float(counter[0].rsplit(" ", 1)[1]) >= 10
+        assert Canary(server.config.http_url).probe() is None  # the canary's rows count in no fallback
+
+        def counted(name: str, **labels: str) -> float:
+            return value(scrape(server.config.host, server.config.metrics_port), name, **labels)
+
+        # the calibrator publishes every second: once the canary's rows show, so do the others
+        wait_for(lambda: counted("tce_canary_predictions_total") >= 4, 15, "the canary's rows")
+        assert counted("tce_calibration_fallback_total", task="abuse") == 10
         log = server.log_path.read_text(encoding="utf-8")
         assert log.count("calibration for task 'abuse' unavailable") == 1
     finally:

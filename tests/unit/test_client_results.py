@@ -12,8 +12,8 @@ def test_one_task_frame_keeps_the_seed_column_order():
     prediction = Prediction({"abuse": _result("abuse", ("no", "yes"), [0.25, 0.75], [0.5, 0.5])}, "v1")
     frame = predictions_to_frame([prediction])
     assert list(frame.columns) == ["prob_class_0", "calibrated_prob_class_0", "prob_class_1",
-                                   "calibrated_prob_class_1", "abuse_label", "abuse_calibration_fallback",
-                                   "calibration_version"]
+                                   "calibrated_prob_class_1", "abuse_label", "abuse_decision",
+                                   "abuse_calibration_fallback", "calibration_version"]
     assert frame.loc[0, "prob_class_1"] == 0.75 and frame.loc[0, "abuse_label"] == "yes"
 
 

@@ -42,12 +42,13 @@ def _stages() -> dict[str, str]:
 
 
 def test_services_and_profiles():
-    assert set(SERVICES) == {"triton", "triton-cpu", "triton-sagemaker", "gateway", "locust"}
+    assert set(SERVICES) == {"triton", "triton-cpu", "triton-sagemaker", "gateway", "locust", "prometheus", "grafana"}
     assert "profiles" not in SERVICES["triton"], "`docker compose up` must start the GPU server"
     assert "profiles" not in SERVICES["gateway"]
     assert SERVICES["triton-cpu"]["profiles"] == ["cpu"]
     assert SERVICES["locust"]["profiles"] == ["loadtest"]
     assert SERVICES["triton-sagemaker"]["profiles"] == ["sagemaker"]
+    assert SERVICES["prometheus"]["profiles"] == SERVICES["grafana"]["profiles"] == ["monitoring"]
 
 
 def _published(service: dict) -> list[tuple[str, str, str]]:
@@ -79,8 +80,13 @@ def test_gateway_is_the_front_door_image_in_front_of_triton():
     args = parser().parse_args([re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", a) for a in gateway["command"]])
     assert [(r.http, r.grpc) for r in args.triton] == [("triton:8000", "triton:8001")]
     assert (args.http_port, args.grpc_port, args.address) == (8000, 8001, "0.0.0.0")
-    # nothing from outside its image but the repository Triton serves, read-only, for releases.json
-    assert gateway["volumes"] == [f"{SERVICES['triton']['volumes'][0].split(':')[0]}:{args.repository}:ro"]
+    # nothing from outside its image but the repository Triton serves, read-only, for releases.json,
+    # and the volume its prediction log is written to (off unless TCE_PREDICTION_LOG names it)
+    assert gateway["volumes"] == [f"{SERVICES['triton']['volumes'][0].split(':')[0]}:{args.repository}:ro",
+                                  "prediction-log:/var/log/tce/predictions"]
+    assert args.prediction_log is None and "prediction-log" in COMPOSE["volumes"]
+    environment = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", v) for k, v in gateway["environment"].items()}
+    assert environment == {"TCE_PREDICTION_LOG": "", "TCE_PREDICTION_LOG_RATE": "1", "TCE_PREDICTION_LOG_INPUTS": "0"}
 
 
 @pytest.mark.parametrize("name", ["triton", "triton-cpu"])

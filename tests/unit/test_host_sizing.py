@@ -215,14 +215,17 @@ def test_tce_build_sizes_records_and_prints(bimodal_bundle, tmp_path, capsys):
     assert read_config(out / PREPROCESSOR / "config.pbtxt").instance_group[0].count == 2
 
 
-def test_tce_serve_says_when_the_repository_was_sized_for_another_host(tmp_path, monkeypatch, capsys):
+def test_tce_serve_says_when_the_repository_was_sized_for_another_host(tmp_path, monkeypatch, caplog):
     from tce.commands.serve import _say_if_sized_for_another_host
 
     write_record(tmp_path, sized(2))
     monkeypatch.setenv("TCE_HOST_CPUS", "32")
     monkeypatch.setenv("TCE_HOST_GPUS", "0")
     _say_if_sized_for_another_host(tmp_path)
-    assert "rebuild with 'tce build BUNDLE --host-cpus 32 --host-gpus 0'" in capsys.readouterr().out
+    [warning] = caplog.records  # logged (tce.lib.logs: stderr)
+    assert warning.levelname == "WARNING"
+    assert "rebuild with 'tce build BUNDLE --host-cpus 32 --host-gpus 0'" in warning.getMessage()
+    caplog.clear()
     monkeypatch.setenv("TCE_HOST_CPUS", "2")
     _say_if_sized_for_another_host(tmp_path)
-    assert capsys.readouterr().out == ""
+    assert not caplog.records

@@ -92,7 +92,7 @@ def test_model_pth_is_not_silently_ignored(binary_bundle, tmp_path, capsys):
     os.remove(tmp_path / "seed" / "model.pt")
     assert main(["import-seed", str(tmp_path / "seed"), str(tmp_path / "b3"), "--model-class",
                  f"{MODULE}:LightningDialogueClassifier"]) == 0
-    assert "exported to TorchScript" in capsys.readouterr().out
+    assert "exported to TorchScript" in capsys.readouterr().err  # a note: logged on stderr
 
 
 def test_weights_or_outputs_that_do_not_fit_are_named(binary_bundle, tmp_path):

@@ -52,9 +52,14 @@ class StepModel:
                 f"{self.name}: the step speaks {list(self.step.input_names)} -> {list(self.step.output_names)}, "
                 f"config.pbtxt declares {declared[0]} -> {declared[1]}; rebuild the repository with 'tce build'")
 
+    def marked_requests(self, requests: list[Any]) -> frozenset[int]:
+        """Indexes of requests whose rows ``after_run`` should see as the health canary's."""
+        return frozenset()
+
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         accepted: list[tuple[int, Tensors]] = []
+        marked = self.marked_requests(requests)
         for index, request in enumerate(requests):
             try:
                 accepted.append((index, self.step.validate(self._inputs(request))))
@@ -65,13 +70,13 @@ class StepModel:
                                                pb_utils.TritonError.INVALID_ARG)
         if accepted:
             try:
-                self._run_batch(accepted, responses)
+                self._run_batch(accepted, responses, marked)
             except Exception:  # noqa: BLE001
                 self.logger.log_warn(f"{self.name}: batch of {len(accepted)} failed, retrying requests alone:\n"
                                      f"{traceback.format_exc()}")
                 for item in accepted:
                     try:
-                        self._run_batch([item], responses)
+                        self._run_batch([item], responses, marked)
                     except InputError as error:
                         responses[item[0]] = self._error(str(error), pb_utils.TritonError.INVALID_ARG)
                     except Exception as error:  # noqa: BLE001
@@ -86,7 +91,8 @@ class StepModel:
                 inputs[name] = tensor.as_numpy()
         return inputs
 
-    def _run_batch(self, accepted: list[tuple[int, Tensors]], responses: list[Any]) -> None:
+    def _run_batch(self, accepted: list[tuple[int, Tensors]], responses: list[Any],
+                   marked: frozenset[int] = frozenset()) -> None:
         sizes = [next(iter(tensors.values())).shape[0] for _, tensors in accepted]
         # A lone request (the common case at low load) is run as it came: no copy in, no slicing out.
         merged = accepted[0][1] if len(accepted) == 1 else {
@@ -97,16 +103,20 @@ class StepModel:
                  if outputs[name].shape[:1] != (bounds[-1],)}
         if wrong:  # splitting would hand one request's rows to another
             raise RuntimeError(f"{self.name}: outputs {wrong} do not have the batch's {bounds[-1]} rows")
-        self.after_run(outputs)
         outputs = {name: np.ascontiguousarray(outputs[name], dtype=self.output_dtypes[name])
                    for name in self.step.output_names}
         for (index, _), start, stop in zip(accepted, bounds[:-1], bounds[1:], strict=True):
             # Row slices of a C-contiguous array are contiguous views: no copy per request.
             tensors = [pb_utils.Tensor(name, array[start:stop]) for name, array in outputs.items()]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        # Counted once every response of the batch exists: a batch that fails before this point is
+        # retried request by request, and its rows must not be counted twice.
+        canary_rows = np.repeat([index in marked for index, _ in accepted], sizes) if marked else None
+        self.after_run(outputs, canary_rows)
 
-    def after_run(self, outputs: Tensors) -> None:
-        """Hook for per-batch bookkeeping (metrics)."""
+    def after_run(self, outputs: Tensors, canary_rows: np.ndarray | None = None) -> None:
+        """Hook for per-batch bookkeeping (metrics); ``canary_rows``: bool [batch] marking the
+        rows of ``marked_requests``, None when the batch has none."""
 
     @staticmethod
     def _error(message: str, code: Any = None) -> Any:
