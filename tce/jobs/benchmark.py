@@ -554,19 +554,33 @@ def format_report(result: BenchmarkResult) -> str:
     lines += [_row(f"(c) served, concurrency {c}", t) for c, t in result.served.items()]
     lines += ["", "targets", *target_lines(result.ratios())]
     for title, steps in (("concurrency 1", result.steps_single), ("saturation", result.steps_saturation)):
-        lines += ["", f"server statistics per request, {title} (ms)",
-                  f"  {'model':<22}{'queue':>8}{'input':>8}{'infer':>8}{'output':>8}{'total':>8}{'batch':>7}"]
-        for name, s in steps.items():
-            lines.append(f"  {name:<22}{s['queue']:8.2f}{s['compute_input']:8.2f}{s['compute_infer']:8.2f}"
-                         f"{s['compute_output']:8.2f}{s['success']:8.2f}{s['mean_batch']:7.1f}")
+        lines += step_table(title, steps)
     return "\n".join(lines)
 
 
-def write_json(result: BenchmarkResult, path: Path, config: BenchmarkConfig) -> None:
+# Triton's statistics per step, in the order the tables print them (ms per request).
+STEP_TIMES = ("queue", "compute_input", "compute_infer", "compute_output", "success")
+
+
+def step_table(title: str, steps: Mapping[str, Mapping[str, float]], decimals: int = 2) -> list[str]:
+    """Lines of one table of per-step statistics (``step_breakdown``'s figures), after a blank line."""
+    lines = ["", f"server statistics per request, {title} (ms)",
+             f"  {'model':<22}{'queue':>8}{'input':>8}{'infer':>8}{'output':>8}{'total':>8}{'batch':>7}"]
+    for name, step in steps.items():
+        times = "".join(f"{step[key]:8.{decimals}f}" for key in STEP_TIMES)
+        lines.append(f"  {name:<22}{times}{step['mean_batch']:7.1f}")
+    return lines
+
+
+def write_figures(config: Any, figures: Mapping[str, Any], path: Path) -> None:
+    """A benchmark's JSON: its config (a dataclass; paths as text), then its figures."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-            **result.to_json()}
+    body = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}, **figures}
     path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
+def write_json(result: BenchmarkResult, path: Path, config: BenchmarkConfig) -> None:
+    write_figures(config, result.to_json(), path)
 
 
 def write_seed_layout(result: BenchmarkResult, config: BenchmarkConfig, layout: SeedLayout) -> Path:

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -302,20 +302,16 @@ def format_instant(result: InstantResult, config: InstantConfig) -> str:
     for key, name, unit, comparison, target in INSTANT_TARGETS:
         lines.append(f"  {name:<44}{r[key]:7.2f}{unit:<3}  target {comparison} {target:g}{unit}  "
                      f"{_judge(r[key], comparison, target)}")
+    from tce.jobs.benchmark import step_table
+
     for title, key in (("single-record load", "steps_single"), (f"{config.batch_rows}-record load", "steps_batch"),
                        ("lone requests", "steps_lone")):
-        lines += ["", f"server statistics per request, {title} (ms)",
-                  f"  {'model':<22}{'queue':>8}{'input':>8}{'infer':>8}{'output':>8}{'total':>8}{'batch':>7}"]
-        for name, step in s[key].items():
-            lines.append(f"  {name:<22}{step['queue']:8.3f}{step['compute_input']:8.3f}"
-                         f"{step['compute_infer']:8.3f}{step['compute_output']:8.3f}{step['success']:8.3f}"
-                         f"{step['mean_batch']:7.1f}")
+        lines += step_table(title, s[key], decimals=3)
     return "\n".join(lines)
 
 
 def write_instant_json(result: InstantResult, config: InstantConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-            **result.to_json()}
-    path.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    from tce.jobs.benchmark import write_figures
+
+    write_figures(config, result.to_json(), path)
 
