@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 from tce_gateway.config import Limits
 from tce_gateway.errors import Refusal
 from tce_gateway.signatures import ModelSignature, _short
 from tce_gateway.tensors import (
+    NUMPY_TYPES,
     InferRequest,
     InputTensor,
     RequestedOutput,
@@ -22,6 +25,7 @@ from tce_gateway.tensors import (
     frame_strings,
     input_spec,
     numbers_to_raw,
+    unframe_strings,
 )
 
 REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})
@@ -226,3 +230,25 @@ def _output_entry(output: RequestedOutput) -> dict[str, Any]:
     if options:
         entry["parameters"] = options
     return entry
+
+
+def answer_tensors(headers: Mapping[str, str], body: bytes) -> dict[str, np.ndarray]:
+    """The output tensors of a successful Triton HTTP answer (JSON data or binary tensors; BYTES
+    elements as ``bytes``, numbers little-endian as the protocol sends them)."""
+    length = int(headers.get(HEADER_LENGTH, len(body)))
+    header = json.loads(body[:length])
+    offset, outputs = length, {}
+    for output in header.get("outputs", ()):
+        shape, datatype = tuple(output["shape"]), output["datatype"]
+        dtype = None if datatype == "BYTES" else np.dtype(NUMPY_TYPES[datatype]).newbyteorder("<")
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            data = output.get("data", [])
+            values = np.array([str(v).encode() for v in data], dtype=object) if dtype is None else \
+                np.asarray(data, dtype=dtype)
+        else:
+            raw = body[offset:offset + int(size)]
+            offset += int(size)
+            values = np.array(unframe_strings(raw), dtype=object) if dtype is None else np.frombuffer(raw, dtype)
+        outputs[output["name"]] = values.reshape(shape)
+    return outputs

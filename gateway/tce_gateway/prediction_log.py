@@ -38,7 +38,6 @@ import math
 import os
 import queue
 import random
-import struct
 import sys
 import threading
 import time
@@ -52,16 +51,15 @@ import numpy as np
 
 from tce_client.schema import EnsembleSchema
 from tce_gateway.config import PredictionLogConfig
-from tce_gateway.shadow import outputs_of
+from tce_gateway.http_codec import answer_tensors
 from tce_gateway.signatures import ModelSignature
-from tce_gateway.tensors import NUMPY_TYPES, InferRequest, InputTensor
+from tce_gateway.tensors import NUMPY_TYPES, InferRequest, InputTensor, unframe_strings
 from tce_gateway.upstream import HttpAnswer
 
 PREFIX = "predictions-"
 SUFFIX = ".jsonl"
 ID_HEADER = "X-Request-Id"
 ID_METADATA = "x-request-id"   # gRPC metadata keys are lower case
-_LENGTH = struct.Struct("<I")
 _WRITE_BATCH = 1000            # entries decoded and written together at most
 
 
@@ -155,13 +153,8 @@ def _task_entries(schema: EnsembleSchema, outputs: dict[str, np.ndarray], record
 
 
 def _input_values(tensor: InputTensor) -> np.ndarray:
-    if tensor.datatype == "BYTES":
-        values, at = [], 0
-        while at < len(tensor.raw):
-            (size,) = _LENGTH.unpack_from(tensor.raw, at)
-            values.append(_text(tensor.raw[at + 4:at + 4 + size]))
-            at += 4 + size
-        return np.array(values, dtype=object).reshape(tensor.shape)
+    if tensor.datatype == "BYTES":  # the door framed it (check_raw): whole
+        return np.array([_text(v) for v in unframe_strings(tensor.raw)], dtype=object).reshape(tensor.shape)
     dtype = np.dtype(NUMPY_TYPES[tensor.datatype]).newbyteorder("<")
     return np.frombuffer(tensor.raw, dtype=dtype).reshape(tensor.shape)
 
@@ -196,7 +189,7 @@ def _input_records(schema: EnsembleSchema, request: InferRequest, records: int) 
 
 def entries(item: Answered, schema: EnsembleSchema, inputs: bool = False) -> list[dict[str, Any]]:
     """The log entries (one per record) of one answered request."""
-    outputs = outputs_of(item.answer)
+    outputs = answer_tensors(item.answer.headers, item.answer.body)
     sizes = [a.shape[0] for a in outputs.values() if a.ndim]
     if not sizes:
         return []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import struct
 import sys
@@ -26,40 +25,11 @@ import numpy as np
 from tce_gateway import http_codec
 from tce_gateway.errors import Refusal
 from tce_gateway.signatures import ModelSignature, SignatureCache
-from tce_gateway.tensors import NUMPY_TYPES, InferRequest
+from tce_gateway.tensors import InferRequest
 from tce_gateway.upstream import HttpAnswer, Triton, Unreachable
 
 LABEL_SUFFIX = "_label"
 CALIBRATED_SUFFIX = "_calibrated"
-
-
-def outputs_of(answer: HttpAnswer) -> dict[str, np.ndarray]:
-    """The output tensors of a successful Triton HTTP answer (JSON or binary tensors)."""
-    length = int(answer.headers.get(http_codec.HEADER_LENGTH, len(answer.body)))
-    header = json.loads(answer.body[:length])
-    offset, outputs = length, {}
-    for output in header.get("outputs", ()):
-        shape, datatype = tuple(output["shape"]), output["datatype"]
-        size = (output.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            data = output.get("data", [])
-            values = np.array([str(v).encode() for v in data], dtype=object) if datatype == "BYTES" else \
-                np.asarray(data, dtype=NUMPY_TYPES[datatype])
-        else:
-            raw = answer.body[offset:offset + int(size)]
-            offset += int(size)
-            values = _strings(raw) if datatype == "BYTES" else np.frombuffer(raw, dtype=NUMPY_TYPES[datatype])
-        outputs[output["name"]] = values.reshape(shape)
-    return outputs
-
-
-def _strings(raw: bytes) -> np.ndarray:
-    values, at = [], 0
-    while at < len(raw):
-        (size,) = struct.unpack_from("<I", raw, at)
-        values.append(raw[at + 4:at + 4 + size])
-        at += 4 + size
-    return np.array(values, dtype=object)
 
 
 @dataclass(frozen=True)
@@ -179,7 +149,8 @@ class Shadow:
             self._fail(stats, f"HTTP {reply.status}")
             return
         try:
-            result = agreement(outputs_of(answer), outputs_of(reply))
+            result = agreement(http_codec.answer_tensors(answer.headers, answer.body),
+                               http_codec.answer_tensors(reply.headers, reply.body))
         except (ValueError, KeyError, TypeError, struct.error) as error:
             self._fail(stats, f"unreadable answer ({type(error).__name__})")
             return

@@ -90,6 +90,17 @@ def check_raw(spec: TensorSpec, elements: int, raw: bytes) -> bytes:
     return raw
 
 
+def unframe_strings(raw: bytes) -> list[bytes]:
+    """The elements of BYTES data whose framing is known to be whole (``check_raw`` passed it, or
+    Triton wrote it): each a 4-byte little-endian length, then the bytes."""
+    values, at = [], 0
+    while at < len(raw):
+        (size,) = _LENGTH.unpack_from(raw, at)
+        values.append(raw[at + 4:at + 4 + size])
+        at += 4 + size
+    return values
+
+
 def frame_strings(spec: TensorSpec, values: Iterable[object]) -> bytes:
     """Text or bytes elements in Triton's BYTES framing; text must be valid UTF-8."""
     parts = []

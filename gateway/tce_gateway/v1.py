@@ -8,7 +8,6 @@ then sends Triton the same canonical binary request as for v2."""
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 import numpy as np
@@ -20,11 +19,9 @@ from tce_client.schema import EnsembleSchema
 from tce_client.seed_requests import encode_records
 from tce_gateway.config import Limits
 from tce_gateway.errors import Refusal
-from tce_gateway.http_codec import json_document
+from tce_gateway.http_codec import answer_tensors, json_document
 from tce_gateway.signatures import ModelSignature
 from tce_gateway.tensors import InferRequest, InputTensor, frame_strings
-
-_NUMPY = {"FP32": "<f4", "FP64": "<f8", "INT64": "<i8", "INT32": "<i4", "BOOL": "?"}
 
 
 def schema_of(signature: ModelSignature) -> EnsembleSchema:
@@ -79,25 +76,7 @@ def predictions(status: int, headers: dict[str, str], body: bytes, schema: Ensem
     """Triton's binary answer to a request ``encode`` made, one ``Prediction`` per record."""
     if status != 200:
         raise Refusal(f"Triton refused the request: {_error(body)}", status if status in (400, 404, 503) else 502)
-    length = int(headers.get("Inference-Header-Content-Length", len(body)))
-    header, offset, outputs = json.loads(body[:length]), length, {}
-    for output in header.get("outputs", ()):
-        size = int(output.get("parameters", {}).get("binary_data_size", 0))
-        outputs[output["name"]] = _array(output, body[offset:offset + size])
-        offset += size
-    return predictions_from_outputs(schema, outputs)
-
-
-def _array(output: dict[str, Any], raw: bytes) -> np.ndarray:
-    shape = tuple(output["shape"])
-    if output["datatype"] == "BYTES":
-        values, at = [], 0
-        while at < len(raw):
-            (size,) = struct.unpack_from("<I", raw, at)
-            values.append(raw[at + 4:at + 4 + size])
-            at += 4 + size
-        return np.array(values, dtype=object).reshape(shape)
-    return np.frombuffer(raw, dtype=_NUMPY[output["datatype"]]).reshape(shape)
+    return predictions_from_outputs(schema, answer_tensors(headers, body))
 
 
 def _record(prediction: Prediction) -> dict[str, Any]:

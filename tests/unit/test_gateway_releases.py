@@ -19,9 +19,10 @@ from tce_gateway.config import DoorConfig, Replica
 from tce_gateway.errors import Refusal
 from tce_gateway.grpc_app import GrpcDoor
 from tce_gateway.http_app import HttpDoor
+from tce_gateway.http_codec import answer_tensors
 from tce_gateway.releases import NO_RELEASES, ReleaseState, ReleaseWatcher, Traffic, parse_releases
 from tce_gateway.routing import Router
-from tce_gateway.shadow import Shadow, agreement, outputs_of
+from tce_gateway.shadow import Shadow, agreement
 from tce_gateway.signatures import SignatureCache
 from tce_gateway.upstream import HttpAnswer
 
@@ -348,7 +349,7 @@ def test_answers_are_read_as_json_or_binary_tensors():
     binary = header + (3).to_bytes(4, "little") + b"yes" + np.array([0.4, 0.6], dtype="<f4").tobytes()
     binary_answer = HttpAnswer(200, {"Inference-Header-Content-Length": str(len(header))}, binary)
     for answer in (json_answer, binary_answer):
-        outputs = outputs_of(answer)
+        outputs = answer_tensors(answer.headers, answer.body)
         assert outputs["t_label"].tolist() == [[b"yes"]]
         np.testing.assert_allclose(outputs["t_calibrated"], [[0.4, 0.6]])
 
